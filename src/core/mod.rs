@@ -1,0 +1,11 @@
+//! The pure core: every allocation decision lives here.
+//!
+//! No kube, k8s-openapi, tokio, axum, rtnetlink or pnet (a test enforces it). Deterministic:
+//! time and identity are passed in, never read.
+
+pub mod allocate;
+pub mod names;
+pub mod pool;
+pub mod range;
+pub mod request;
+pub mod selector;
