@@ -1,0 +1,256 @@
+//! CRD types. Field docs are what `kubectl explain` shows.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+fn default_true() -> bool {
+    true
+}
+
+/// A pool of addresses vipam hands out to LoadBalancer Services. Pools live in Git.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vipam.io",
+    version = "v1alpha1",
+    kind = "IPPool",
+    doc = "A pool of addresses vipam hands out to LoadBalancer Services.",
+    plural = "ippools",
+    singular = "ippool",
+    shortname = "ipp",
+    status = "IPPoolStatus",
+    printcolumn = r#"{"name":"Blocks","type":"string","jsonPath":".status.blocks"}"#,
+    printcolumn = r#"{"name":"Allocated","type":"string","jsonPath":".status.allocated"}"#,
+    printcolumn = r#"{"name":"Available","type":"string","jsonPath":".status.available"}"#,
+    printcolumn = r#"{"name":"Conflict","type":"string","jsonPath":".status.conditions[?(@.type==\"Conflict\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.blocks) > 0").message("an IPPool needs at least one block"))]
+pub struct IPPoolSpec {
+    /// Address blocks: `{cidr: 192.168.0.0/24}` or `{start: 192.168.0.220, stop: 192.168.0.239}`
+    /// (`stop` omitted = one address). IPv4 and IPv6 may mix in one pool.
+    pub blocks: Vec<IPPoolBlock>,
+    /// Hand out the network and broadcast addresses of IPv4 `cidr` blocks of /30 or larger.
+    /// Never applies to start/stop blocks.
+    #[serde(default, rename = "allowFirstLastIPs")]
+    pub allow_first_last_ips: bool,
+    /// Skip IPv4 addresses ending in .0 or .255 (some clients mishandle them).
+    #[serde(default, rename = "avoidBuggyIPs")]
+    pub avoid_buggy_ips: bool,
+    /// Only Services matching this selector draw from the pool. The pseudo-labels
+    /// `vipam.io/service-namespace` and `vipam.io/service-name` match a Service's namespace and
+    /// name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<LabelSelector>,
+    /// Only Services in these namespaces draw from the pool (empty = all namespaces).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Hand out addresses to Services that ask for none in particular. When false, only pinned
+    /// addresses and Services naming the pool (`vipam.io/pool`) get addresses from it.
+    #[serde(default = "default_true")]
+    pub auto_assign: bool,
+    /// Pools are tried in ascending priority, then by name.
+    #[serde(default)]
+    pub priority: i32,
+    /// No new allocations; existing ones are kept.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// One block of addresses: either `cidr`, or `start` with an optional `stop`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.cidr) != has(self.start)").message("a block has either cidr or start (with an optional stop)"))]
+#[x_kube(validation = Rule::new("!has(self.stop) || has(self.start)").message("stop needs start"))]
+pub struct IPPoolBlock {
+    /// A CIDR, e.g. `192.168.0.0/24` or `2001:db8::/64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// First address of a range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Last address of a range (inclusive); omitted = only `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+}
+
+/// What the controller observed about a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolStatus {
+    /// The blocks, summarised for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<String>,
+    /// Addresses the pool may hand out (decimal: IPv6 counts exceed 64 bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// Addresses allocated from the pool (decimal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<String>,
+    /// Addresses still free (decimal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<String>,
+    /// `Ready`, and `Conflict` naming an overlapping pool and the shared range.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The allocation ledger: one object per address, named from the address
+/// (`v4-192-168-0-223`, `v6-2001-db8--1`). `kubectl get ipallocations` is the allocation table.
+/// The API server's name uniqueness is what makes allocation race-free across replicas.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vipam.io",
+    version = "v1alpha1",
+    kind = "IPAllocation",
+    doc = "vipam's allocation ledger: one object per address, written by vipam (not kept in Git).",
+    plural = "ipallocations",
+    singular = "ipallocation",
+    shortname = "ipa",
+    status = "IPAllocationStatus",
+    printcolumn = r#"{"name":"IP","type":"string","jsonPath":".spec.ip"}"#,
+    printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.pool"}"#,
+    printcolumn = r#"{"name":"Services","type":"string","jsonPath":".spec.services[*].name"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.announcer.node"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPAllocationSpec {
+    /// The address (RFC 5952 form for IPv6). Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("ip is immutable"))]
+    pub ip: String,
+    /// The pool the address was allocated from.
+    pub pool: String,
+    /// The sharing key of the Services on the address, if they share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing_key: Option<String>,
+    /// The Services holding the address; when released, the last holders (the address stays
+    /// reserved for them for the sticky-release period).
+    #[serde(default)]
+    pub services: Vec<AllocatedService>,
+}
+
+/// A Service on an address, with what sharing decisions need.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocatedService {
+    pub namespace: String,
+    pub name: String,
+    /// The Service's ports on the address.
+    #[serde(default)]
+    pub ports: Vec<AllocatedPort>,
+    /// Namespaces the Service shares with (`ns1,ns2` or `*`), from
+    /// `vipam.io/sharing-cross-namespace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing_cross_namespace: Option<String>,
+    /// `Local` when the Service has `externalTrafficPolicy: Local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<String>,
+    /// The Service's pod selector (Services on one address with `externalTrafficPolicy: Local`
+    /// must select the same pods).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+}
+
+/// A (protocol, port) of a Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct AllocatedPort {
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+    pub port: i32,
+}
+
+/// Lifecycle of an allocation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AllocationPhase {
+    /// Held by at least one Service.
+    Bound,
+    /// No Service holds it; reserved for its last holders until the sticky period ends.
+    Released,
+}
+
+/// What the controller and agents observed about an allocation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPAllocationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<AllocationPhase>,
+    /// When the last Service left the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
+    /// The node announcing the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcer: Option<Announcer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Where an address is announced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Announcer {
+    pub node: String,
+    pub interface: String,
+    pub since: Time,
+}
+
+/// Which nodes announce which addresses on which interfaces (ARP/NDP).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vipam.io",
+    version = "v1alpha1",
+    kind = "L2Announcement",
+    doc = "Which nodes announce which LoadBalancer addresses on which interfaces (ARP/NDP).",
+    plural = "l2announcements",
+    singular = "l2announcement",
+    shortname = "l2a",
+    status = "L2AnnouncementStatus",
+    printcolumn = r#"{"name":"Pools","type":"string","jsonPath":".spec.ipPools"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AnnouncementSpec {
+    /// Only addresses of Services matching this selector (empty = all Services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<LabelSelector>,
+    /// Only addresses of these pools (empty = all pools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_pools: Vec<String>,
+    /// Only these nodes announce (empty = all nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Interfaces to announce on, as regular expressions (empty = the interface holding the
+    /// node's default route).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+    /// `arp`: the agent answers ARP/NDP itself. `address`: the agent adds the /32 or /128 to the
+    /// interface and the kernel answers.
+    #[serde(default)]
+    pub mode: AnnouncementMode,
+}
+
+/// How an address is announced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnouncementMode {
+    #[default]
+    Arp,
+    Address,
+}
+
+/// What the controller observed about an L2Announcement.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AnnouncementStatus {
+    /// `Ready`, or why a selector or interface pattern is invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,130 @@
+//! The `vipam` binary: one binary, several modes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use vipam::check::{self, CheckOptions, Format};
+use vipam::core::range::Family;
+use vipam::core::request::RequestPolicy;
+
+/// LoadBalancer IPs for bare-metal Kubernetes, managed the GitOps way.
+#[derive(Parser, Debug)]
+#[command(name = "vipam", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a GitOps tree offline: print the IP allocation table and fail on every conflict.
+    ///
+    /// Reads every *.yaml/*.yml under the given directories (recursively) or files, or a
+    /// multi-document stream on stdin with `-` (`kubectl kustomize DIR | vipam check -`).
+    /// Exit status: 0 clean, 1 problems found, 2 usage or I/O error.
+    Check(CheckArgs),
+    /// Print the CustomResourceDefinitions (generated from the Rust types).
+    Crds {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// Directories, files, or `-` for standard input.
+    #[arg(value_name = "PATH", default_value = ".")]
+    paths: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+    /// Also list the Services vipam ignores (other type or class).
+    #[arg(long, short)]
+    verbose: bool,
+    /// Fail (exit 1) on warnings too.
+    #[arg(long)]
+    strict: bool,
+    /// vipam is not the default LoadBalancer implementation: only Services with
+    /// `loadBalancerClass: vipam.io/lb` are checked.
+    #[arg(long)]
+    no_default_class: bool,
+    /// Family of single-stack Services that name none (the cluster's primary family).
+    #[arg(long, value_enum, default_value_t = FamilyArg::Ipv4)]
+    default_family: FamilyArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FormatArg {
+    Table,
+    Json,
+    Markdown,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FamilyArg {
+    #[value(name = "IPv4", alias = "ipv4")]
+    Ipv4,
+    #[value(name = "IPv6", alias = "ipv6")]
+    Ipv6,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check(args) => run_check(args),
+        Command::Crds { out_dir } => {
+            match out_dir {
+                None => print!("{}", vipam::api::crds_yaml()?),
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    for crd in vipam::api::crds() {
+                        let path = dir.join(vipam::api::crd_file_name(&crd));
+                        let yaml = serde_saphyr::to_string(&crd)?;
+                        std::fs::write(&path, yaml)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_check(args: CheckArgs) -> Result<ExitCode> {
+    let options = CheckOptions {
+        policy: RequestPolicy {
+            default_class: !args.no_default_class,
+            default_family: match args.default_family {
+                FamilyArg::Ipv4 => Family::V4,
+                FamilyArg::Ipv6 => Family::V6,
+            },
+        },
+    };
+    let report = check::check_inputs(&args.paths, &mut std::io::stdin().lock(), &options)?;
+    let format = match args.format {
+        FormatArg::Table => Format::Table,
+        FormatArg::Json => Format::Json,
+        FormatArg::Markdown => Format::Markdown,
+    };
+    print!("{}", check::render(&report, format, args.verbose));
+    let failed = report.errors() > 0 || (args.strict && report.warnings() > 0);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
