@@ -33,17 +33,13 @@ fn selector_of(
 ) -> Result<selector::LabelSelector, selector::SelectorError> {
     selector::LabelSelector::new(
         selector.match_labels.clone().unwrap_or_default(),
-        selector
-            .match_expressions
-            .iter()
-            .flatten()
-            .map(|r| {
-                (
-                    r.key.clone(),
-                    r.operator.clone(),
-                    r.values.clone().unwrap_or_default(),
-                )
-            }),
+        selector.match_expressions.iter().flatten().map(|r| {
+            (
+                r.key.clone(),
+                r.operator.clone(),
+                r.values.clone().unwrap_or_default(),
+            )
+        }),
     )
 }
 
@@ -131,11 +127,12 @@ pub fn allocation_entry(allocation: &IPAllocation) -> Result<LedgerEntry, Conver
         name: name.clone(),
         message,
     };
-    let ip: IpAddr = allocation
-        .spec
-        .ip
-        .parse()
-        .map_err(|_| fail(format!("spec.ip {:?} is not an IP address", allocation.spec.ip)))?;
+    let ip: IpAddr = allocation.spec.ip.parse().map_err(|_| {
+        fail(format!(
+            "spec.ip {:?} is not an IP address",
+            allocation.spec.ip
+        ))
+    })?;
     if allocation_ip(&name) != Some(ip) {
         return Err(fail(format!(
             "name does not match spec.ip {ip} (expected {})",
@@ -254,7 +251,10 @@ mod tests {
             sharing_key: Some("media".into()),
             members: vec![Member {
                 service: ServiceRef::new("plex", "plex"),
-                ports: vec![PortKey { protocol: "TCP".into(), port: 32400 }],
+                ports: vec![PortKey {
+                    protocol: "TCP".into(),
+                    port: 32400,
+                }],
                 cross_namespace: CrossNamespace::Some(vec!["dlna".into()]),
                 etp_local: true,
                 selector: labels(&[("app", "plex")]),

@@ -11,8 +11,8 @@ pub use convert::{
 };
 pub use types::*;
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 /// API group of the CRDs.
 pub const GROUP: &str = "vipam.io";
@@ -36,8 +36,5 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
 
 /// File name under `manifests/crds/` for a CRD (`ippools.vipam.io.yaml`).
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
-    format!(
-        "{}.yaml",
-        crd.metadata.name.as_deref().unwrap_or("unnamed")
-    )
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
 }

@@ -86,10 +86,12 @@ pub fn load(inputs: &[String], stdin: &mut dyn Read) -> Result<Loaded, LoadError
     for input in inputs {
         if input == "-" {
             let mut text = String::new();
-            stdin.read_to_string(&mut text).map_err(|source| LoadError::Io {
-                path: "<stdin>".into(),
-                source,
-            })?;
+            stdin
+                .read_to_string(&mut text)
+                .map_err(|source| LoadError::Io {
+                    path: "<stdin>".into(),
+                    source,
+                })?;
             loaded.files += 1;
             split_documents("<stdin>", &text, None, &mut loaded);
             continue;
@@ -156,12 +158,9 @@ fn kustomization_namespace(path: &Path, loaded: &mut Loaded) -> Option<String> {
             .and_then(Value::as_str)
             .map(str::to_string),
         Err(err) => {
-            loaded.problems.push(yaml_problem(
-                &path.display().to_string(),
-                1,
-                1,
-                &err,
-            ));
+            loaded
+                .problems
+                .push(yaml_problem(&path.display().to_string(), 1, 1, &err));
             None
         }
     }
@@ -293,7 +292,12 @@ fn push_object(
     });
 }
 
-fn yaml_problem(file: &str, document: usize, start_line: usize, err: &serde_saphyr::Error) -> Problem {
+fn yaml_problem(
+    file: &str,
+    document: usize,
+    start_line: usize,
+    err: &serde_saphyr::Error,
+) -> Problem {
     let location = err.location();
     let line = location
         .map(|loc| start_line + loc.line().saturating_sub(1) as usize)

@@ -39,7 +39,11 @@ pub struct Source {
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{} (document {})", self.file, self.line, self.document)
+        write!(
+            f,
+            "{}:{} (document {})",
+            self.file, self.line, self.document
+        )
     }
 }
 
@@ -218,8 +222,7 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
                 doc.source.clone(),
             )),
             ("", "Service") if version == "v1" => {
-                if let Some(service) = load_service(doc, options, &mut seen_services, &mut report)
-                {
+                if let Some(service) = load_service(doc, options, &mut seen_services, &mut report) {
                     services.push(service);
                 }
             }
@@ -322,9 +325,9 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
     let mut sorted_pools: Vec<&Pool> = pool_set.pools().iter().collect();
     sorted_pools.sort_by_key(|p| p.name().to_string());
     for pool in sorted_pools {
-        let announced = l2s
-            .iter()
-            .any(|(l2, _)| l2.spec.ip_pools.is_empty() || l2.spec.ip_pools.iter().any(|n| n == pool.name()));
+        let announced = l2s.iter().any(|(l2, _)| {
+            l2.spec.ip_pools.is_empty() || l2.spec.ip_pools.iter().any(|n| n == pool.name())
+        });
         let source = pool_sources[pool.name()].clone();
         if !announced {
             report.problems.push(warning(
@@ -352,7 +355,8 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
         });
     }
     report.problems.sort_by(|a, b| {
-        (a.severity, &a.source, a.kind, &a.message).cmp(&(b.severity, &b.source, b.kind, &b.message))
+        (a.severity, &a.source, a.kind, &a.message)
+            .cmp(&(b.severity, &b.source, b.kind, &b.message))
     });
     report
 }
@@ -393,9 +397,11 @@ fn load_pool(
             pool_sources.insert(name, doc.source.clone());
             pools.push((pool, doc.source.clone()));
         }
-        Err(message) => report
-            .problems
-            .push(problem("invalid_pool", message, doc.source_at("blocks"))),
+        Err(message) => {
+            report
+                .problems
+                .push(problem("invalid_pool", message, doc.source_at("blocks")))
+        }
     }
 }
 
@@ -438,7 +444,10 @@ fn load_service<'a>(
     let request = match view.request(&options.policy) {
         Ok(Some(request)) => request,
         Ok(None) => {
-            let why = match (view.service_type.as_deref(), view.load_balancer_class.as_deref()) {
+            let why = match (
+                view.service_type.as_deref(),
+                view.load_balancer_class.as_deref(),
+            ) {
                 (Some("LoadBalancer"), Some(class)) => format!("loadBalancerClass {class}"),
                 (Some("LoadBalancer"), None) => "no loadBalancerClass (not the default)".into(),
                 (t, _) => format!("type {}", t.unwrap_or("ClusterIP")),

@@ -24,7 +24,8 @@ pub fn render(report: &Report, format: Format, verbose: bool) -> String {
     match format {
         Format::Table => table(report, verbose),
         Format::Json => {
-            serde_json::to_string_pretty(&to_json(report, verbose)).expect("JSON of plain data") + "\n"
+            serde_json::to_string_pretty(&to_json(report, verbose)).expect("JSON of plain data")
+                + "\n"
         }
         Format::Markdown => markdown(report),
     }
@@ -88,7 +89,12 @@ fn table(report: &Report, verbose: bool) -> String {
     if report.allocations.is_empty() {
         out.push_str("(no LoadBalancer Services handled by vipam)\n");
     } else {
-        let mut rows = vec![vec!["IP".into(), "SERVICE".into(), "POOL".into(), "HOW".into()]];
+        let mut rows = vec![vec![
+            "IP".into(),
+            "SERVICE".into(),
+            "POOL".into(),
+            "HOW".into(),
+        ]];
         for a in &report.allocations {
             rows.push(vec![
                 a.ip.to_string(),
