@@ -1,6 +1,5 @@
 //! Reading a GitOps tree (or a multi-document stream) into Kubernetes-shaped documents.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -79,32 +78,76 @@ fn is_kustomization(path: &Path) -> bool {
         .is_some_and(|n| KUSTOMIZATION_FILES.contains(&n))
 }
 
+/// A file (or standard input) waiting to be parsed.
+struct Pending {
+    name: String,
+    text: Option<String>,
+    path: Option<PathBuf>,
+    namespace: Option<String>,
+}
+
 /// Reads every input: `-` is standard input, a directory is walked recursively (sorted, hidden
-/// entries skipped), a file is read as is.
+/// entries skipped), a file is read as is. Files are parsed in parallel; the result keeps the
+/// input order, so reports are deterministic.
 pub fn load(inputs: &[String], stdin: &mut dyn Read) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();
+    let mut pending = Vec::new();
     for input in inputs {
         if input == "-" {
             let mut text = String::new();
-            stdin
-                .read_to_string(&mut text)
-                .map_err(|source| LoadError::Io {
-                    path: "<stdin>".into(),
-                    source,
-                })?;
-            loaded.files += 1;
-            split_documents("<stdin>", &text, None, &mut loaded);
+            stdin.read_to_string(&mut text).map_err(|source| LoadError::Io {
+                path: "<stdin>".into(),
+                source,
+            })?;
+            pending.push(Pending {
+                name: "<stdin>".into(),
+                text: Some(text),
+                path: None,
+                namespace: None,
+            });
             continue;
         }
         let path = PathBuf::from(input);
         if path.is_dir() {
-            let mut namespaces = BTreeMap::new();
-            walk(&path, None, &mut namespaces, &mut loaded)?;
+            walk(&path, None, &mut pending, &mut loaded)?;
         } else if path.is_file() {
-            read_file(&path, None, &mut loaded)?;
+            pending.push(Pending {
+                name: path.display().to_string(),
+                path: Some(path),
+                text: None,
+                namespace: None,
+            });
         } else {
             return Err(LoadError::Missing(input.clone()));
         }
+    }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk_size = pending.len().div_ceil(workers).max(1);
+    let parts: Vec<Result<Loaded, LoadError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pending
+            .chunks(chunk_size)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut part = Loaded::default();
+                    for file in chunk {
+                        parse_file(file, &mut part)?;
+                    }
+                    Ok(part)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a parser thread panicked"))
+            .collect()
+    });
+    for part in parts {
+        let part = part?;
+        loaded.files += part.files;
+        loaded.documents.extend(part.documents);
+        loaded.problems.extend(part.problems);
     }
     Ok(loaded)
 }
@@ -112,7 +155,7 @@ pub fn load(inputs: &[String], stdin: &mut dyn Read) -> Result<Loaded, LoadError
 fn walk(
     dir: &Path,
     inherited_namespace: Option<String>,
-    namespaces: &mut BTreeMap<PathBuf, Option<String>>,
+    pending: &mut Vec<Pending>,
     loaded: &mut Loaded,
 ) -> Result<(), LoadError> {
     let io = |source| LoadError::Io {
@@ -132,8 +175,7 @@ fn walk(
             namespace = Some(ns);
         }
     }
-    namespaces.insert(dir.to_path_buf(), namespace.clone());
-    for entry in &entries {
+    for entry in entries {
         let hidden = entry
             .file_name()
             .and_then(|n| n.to_str())
@@ -142,9 +184,14 @@ fn walk(
             continue;
         }
         if entry.is_dir() {
-            walk(entry, namespace.clone(), namespaces, loaded)?;
-        } else if is_yaml(entry) && !is_kustomization(entry) {
-            read_file(entry, namespace.clone(), loaded)?;
+            walk(&entry, namespace.clone(), pending, loaded)?;
+        } else if is_yaml(&entry) && !is_kustomization(&entry) {
+            pending.push(Pending {
+                name: entry.display().to_string(),
+                path: Some(entry),
+                text: None,
+                namespace: namespace.clone(),
+            });
         }
     }
     Ok(())
@@ -166,21 +213,24 @@ fn kustomization_namespace(path: &Path, loaded: &mut Loaded) -> Option<String> {
     }
 }
 
-fn read_file(path: &Path, namespace: Option<String>, loaded: &mut Loaded) -> Result<(), LoadError> {
-    let name = path.display().to_string();
-    let bytes = fs::read(path).map_err(|source| LoadError::Io {
-        path: name.clone(),
-        source,
-    })?;
+fn parse_file(file: &Pending, loaded: &mut Loaded) -> Result<(), LoadError> {
+    let bytes = match (&file.text, &file.path) {
+        (Some(text), _) => text.clone().into_bytes(),
+        (None, Some(path)) => fs::read(path).map_err(|source| LoadError::Io {
+            path: file.name.clone(),
+            source,
+        })?,
+        (None, None) => Vec::new(),
+    };
     loaded.files += 1;
     match String::from_utf8(bytes) {
-        Ok(text) => split_documents(&name, &text, namespace, loaded),
+        Ok(text) => split_documents(&file.name, &text, file.namespace.clone(), loaded),
         Err(_) => loaded.problems.push(Problem {
             severity: Severity::Error,
             kind: "malformed_yaml",
             message: "the file is not UTF-8 text".into(),
             source: Some(Source {
-                file: name,
+                file: file.name.clone(),
                 document: 1,
                 line: 1,
             }),

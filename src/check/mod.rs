@@ -14,7 +14,7 @@ use std::io::Read;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{self, IPPool, L2Announcement};
 use crate::core::allocate::{Context, Ledger, decide};
@@ -24,7 +24,7 @@ use crate::core::request::{
     ANN_ASSIGNED_IPS, RequestError, RequestPolicy, SPEC_LOAD_BALANCER_IP, ServiceRef,
 };
 
-pub use load::{LoadError, load};
+pub use load::{Document, LoadError, Loaded, load};
 pub use report::{Format, render};
 
 /// Where something was read from.
@@ -204,7 +204,7 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
         match (group, kind) {
             (api::GROUP, "IPPool") => load_pool(doc, &mut pools, &mut pool_sources, &mut report),
             (api::GROUP, "L2Announcement") => {
-                match serde_json::from_value::<L2Announcement>(doc.value.clone()) {
+                match L2Announcement::deserialize(&doc.value) {
                     Ok(l2) => l2s.push((l2, doc.source.clone())),
                     Err(e) => report.problems.push(problem(
                         "invalid_object",
@@ -367,7 +367,7 @@ fn load_pool(
     pool_sources: &mut BTreeMap<String, Source>,
     report: &mut Report,
 ) {
-    let object: IPPool = match serde_json::from_value(doc.value.clone()) {
+    let object: IPPool = match IPPool::deserialize(&doc.value) {
         Ok(p) => p,
         Err(e) => {
             report.problems.push(problem(
@@ -411,7 +411,7 @@ fn load_service<'a>(
     seen: &mut BTreeMap<ServiceRef, Source>,
     report: &mut Report,
 ) -> Option<ServiceDoc<'a>> {
-    let service: Service = match serde_json::from_value(doc.value.clone()) {
+    let service: Service = match Service::deserialize(&doc.value) {
         Ok(s) => s,
         Err(e) => {
             report.problems.push(problem(

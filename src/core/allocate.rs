@@ -536,7 +536,7 @@ fn decide_pin(
             }
             // The address may be in a pool the Service may not use: say which and why.
             if let Some(other) = pools.pools().iter().find(|p| p.covers(&ip))
-                && let Some((_, why)) = selection.refused.iter().find(|(n, _)| n == other.name())
+                && let Some(why) = selection.refusal_of(other.name())
             {
                 return Err(Denial::new(
                     DenialKind::PinOutsidePools,

@@ -599,8 +599,15 @@ impl PoolSet {
     }
 
     /// Chooses the pools a Service may draw from, in the order they are tried.
-    pub fn select(&self, query: &PoolQuery<'_>) -> Selection<'_> {
-        let mut selection = Selection::default();
+    pub fn select<'a>(&'a self, query: &PoolQuery<'_>) -> Selection<'a> {
+        let mut selection = Selection {
+            candidates: Vec::new(),
+            refused: Vec::new(),
+            unknown: Vec::new(),
+            namespace: query.namespace.to_string(),
+            named: query.named.map(<[String]>::to_vec),
+            family: query.family,
+        };
         if let Some(named) = query.named {
             for name in named {
                 if self.get(name).is_none() {
@@ -608,17 +615,12 @@ impl PoolSet {
                 }
             }
         }
-        // Service labels plus the pseudo-labels, built once for all pools.
-        let mut labels = query.labels.clone();
-        labels.insert(
-            SERVICE_NAMESPACE_LABEL.to_string(),
-            query.namespace.to_string(),
-        );
-        labels.insert(SERVICE_NAME_LABEL.to_string(), query.name.to_string());
+        // Service labels plus the pseudo-labels, built once, and only if a pool selects.
+        let mut labels: Option<BTreeMap<String, String>> = None;
         for pool in &self.pools {
-            match refusal(pool, query, &labels) {
+            match refusal(pool, query, &mut labels) {
                 None => selection.candidates.push(pool),
-                Some(why) => selection.refused.push((pool.spec.name.clone(), why)),
+                Some(why) => selection.refused.push((pool, why)),
             }
         }
         selection
@@ -638,25 +640,72 @@ pub struct PoolQuery<'a> {
     pub pinned: bool,
 }
 
+/// Why a pool may not serve a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotNamed,
+    Disabled,
+    NoAutoAssign,
+    Namespace,
+    Selector,
+    Family,
+}
+
 /// The outcome of [`PoolSet::select`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Selection<'a> {
     pub candidates: Vec<&'a Pool>,
     /// Pools passed over, with the reason (for messages).
-    pub refused: Vec<(String, String)>,
+    pub refused: Vec<(&'a Pool, Refusal)>,
     /// Names in `vipam.io/pool` that match no pool.
     pub unknown: Vec<String>,
+    namespace: String,
+    named: Option<Vec<String>>,
+    family: Family,
 }
 
 impl Selection<'_> {
-    /// "pool a: disabled; pool b: serviceSelector ... does not match" for messages.
+    /// Why `pool` was passed over, as a phrase ("disabled (no new allocations)").
+    pub fn reason(&self, pool: &Pool, refusal: Refusal) -> String {
+        let spec = &pool.spec;
+        match refusal {
+            Refusal::NotNamed => format!(
+                "not named in the Service's pool annotation ({})",
+                self.named.as_deref().unwrap_or_default().join(",")
+            ),
+            Refusal::Disabled => "disabled (no new allocations)".to_string(),
+            Refusal::NoAutoAssign => {
+                "autoAssign is false (only pinned IPs or a named pool)".to_string()
+            }
+            Refusal::Namespace => format!(
+                "namespaces [{}] does not include {}",
+                spec.namespaces.join(","),
+                self.namespace
+            ),
+            Refusal::Selector => format!(
+                "serviceSelector {} does not match",
+                spec.service_selector.as_ref().map(|s| s.to_string()).unwrap_or_default()
+            ),
+            Refusal::Family => format!("has no {} addresses", self.family),
+        }
+    }
+
+    /// Why the named pool was passed over, if it was.
+    pub fn refusal_of(&self, name: &str) -> Option<String> {
+        self.refused
+            .iter()
+            .find(|(p, _)| p.name() == name)
+            .map(|(p, r)| self.reason(p, *r))
+    }
+
+    /// "a: disabled; b: serviceSelector ... does not match" for messages.
     pub fn explain_refusals(&self) -> String {
         if self.refused.is_empty() {
             return "no IPPool exists".to_string();
         }
         self.refused
             .iter()
-            .map(|(name, why)| format!("{name}: {why}"))
+            .map(|(pool, why)| format!("{}: {}", pool.name(), self.reason(pool, *why)))
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -665,40 +714,40 @@ impl Selection<'_> {
 fn refusal(
     pool: &Pool,
     query: &PoolQuery<'_>,
-    labels: &BTreeMap<String, String>,
-) -> Option<String> {
+    labels: &mut Option<BTreeMap<String, String>>,
+) -> Option<Refusal> {
     let spec = &pool.spec;
     let named = query
         .named
         .is_some_and(|names| names.iter().any(|n| n == &spec.name));
-    if let Some(names) = query.named
-        && !named
-    {
-        return Some(format!(
-            "not named in the Service's pool annotation ({})",
-            names.join(",")
-        ));
+    if query.named.is_some() && !named {
+        return Some(Refusal::NotNamed);
     }
     if spec.disabled {
-        return Some("disabled (no new allocations)".to_string());
+        return Some(Refusal::Disabled);
     }
     if !spec.auto_assign && !query.pinned && !named {
-        return Some("autoAssign is false (only pinned IPs or a named pool)".to_string());
+        return Some(Refusal::NoAutoAssign);
     }
     if !spec.namespaces.is_empty() && !spec.namespaces.iter().any(|n| n == query.namespace) {
-        return Some(format!(
-            "namespaces [{}] does not include {}",
-            spec.namespaces.join(","),
-            query.namespace
-        ));
+        return Some(Refusal::Namespace);
     }
     if let Some(selector) = &spec.service_selector {
+        let labels = labels.get_or_insert_with(|| {
+            let mut labels = query.labels.clone();
+            labels.insert(
+                SERVICE_NAMESPACE_LABEL.to_string(),
+                query.namespace.to_string(),
+            );
+            labels.insert(SERVICE_NAME_LABEL.to_string(), query.name.to_string());
+            labels
+        });
         if !selector.matches(labels) {
-            return Some(format!("serviceSelector {selector} does not match"));
+            return Some(Refusal::Selector);
         }
     }
     if !pool.has_family(query.family) {
-        return Some(format!("has no {} addresses", query.family));
+        return Some(Refusal::Family);
     }
     None
 }
@@ -855,8 +904,10 @@ mod tests {
             ip_value(&ip("198.51.100.254")),
         );
         assert_eq!(p.first_free(Family::V4, &used), Some(ip("198.51.101.1")));
-        let mut used_sets = FamilySets::default();
-        used_sets.v4 = used;
+        let used_sets = FamilySets {
+            v4: used,
+            ..FamilySets::default()
+        };
         let (free, more) = p.free_ranges(&used_sets, 10);
         assert_eq!(format_ranges(&free), "198.51.101.1-198.51.101.5");
         assert!(!more);

@@ -410,13 +410,15 @@ mod tests {
         s
     }
 
+    type Ranges<'a> = &'a [(u128, u128)];
+
     fn pairs(s: &RangeSet) -> Vec<(u128, u128)> {
         s.iter().collect()
     }
 
     #[test]
     fn insert_merges_overlapping_and_adjacent() {
-        let cases: &[(&[(u128, u128)], &[(u128, u128)])] = &[
+        let cases: &[(Ranges<'_>, Ranges<'_>)] = &[
             (&[(1, 3), (5, 7)], &[(1, 3), (5, 7)]),
             (&[(1, 3), (4, 7)], &[(1, 7)]),
             (&[(5, 7), (1, 4)], &[(1, 7)]),
@@ -436,7 +438,7 @@ mod tests {
 
     #[test]
     fn remove_splits_and_trims() {
-        let cases: &[(&[(u128, u128)], (u128, u128), &[(u128, u128)])] = &[
+        let cases: &[(Ranges<'_>, (u128, u128), Ranges<'_>)] = &[
             (&[(1, 10)], (4, 5), &[(1, 3), (6, 10)]),
             (&[(1, 10)], (1, 10), &[]),
             (&[(1, 10)], (0, 3), &[(4, 10)]),

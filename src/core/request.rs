@@ -681,14 +681,17 @@ mod tests {
         );
     }
 
+    /// (spec.ipFamilies, spec.ipFamilyPolicy, pins) -> families, or an error containing the text.
+    type FamilyCase<'a> = (
+        Vec<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Result<Vec<Family>, &'a str>,
+    );
+
     #[test]
     fn families_follow_spec_and_pins() {
-        let cases: Vec<(
-            Vec<&str>,
-            Option<&str>,
-            Option<&str>,
-            Result<Vec<Family>, &str>,
-        )> = vec![
+        let cases: Vec<FamilyCase<'_>> = vec![
             (vec![], None, None, Ok(vec![Family::V4])),
             (vec!["IPv6"], None, None, Ok(vec![Family::V6])),
             (
