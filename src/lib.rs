@@ -2,6 +2,10 @@
 //!
 //! `core` decides, everything else translates (see DESIGN.md).
 
+pub mod admin;
 pub mod api;
+pub mod cache;
 pub mod check;
+pub mod controller;
 pub mod core;
+pub mod webhook;

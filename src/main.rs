@@ -25,6 +25,9 @@ enum Command {
     /// multi-document stream on stdin with `-` (`kubectl kustomize DIR | vipam check -`).
     /// Exit status: 0 clean, 1 problems found, 2 usage or I/O error.
     Check(CheckArgs),
+    /// Serve the admission webhooks (HTTPS) and the admin endpoints (HTTP). Runs as a
+    /// Deployment with 2+ replicas; finds the cluster in-cluster or through KUBECONFIG.
+    Controller(vipam::controller::ControllerArgs),
     /// Print the CustomResourceDefinitions (generated from the Rust types).
     Crds {
         /// Write one file per CRD into this directory instead of printing.
@@ -73,6 +76,15 @@ enum FamilyArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS provider for the process: ring (kube and the webhook server both use rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -85,6 +97,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => run_check(args),
+        Command::Controller(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(vipam::controller::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crds { out_dir } => {
             match out_dir {
                 None => print!("{}", vipam::api::crds_yaml()?),

@@ -43,6 +43,17 @@ fn selector_of(
     )
 }
 
+/// Conversion of a Kubernetes label selector to the core one.
+pub trait LabelSelectorExt {
+    fn to_core(&self) -> Result<selector::LabelSelector, selector::SelectorError>;
+}
+
+impl LabelSelectorExt for LabelSelector {
+    fn to_core(&self) -> Result<selector::LabelSelector, selector::SelectorError> {
+        selector_of(self)
+    }
+}
+
 fn seconds(time: &Time) -> i64 {
     time.0.as_second()
 }

@@ -7,7 +7,8 @@ mod convert;
 mod types;
 
 pub use convert::{
-    ConvertError, allocation_entry, allocation_object, l2_pool_names, pool_spec, service_view,
+    ConvertError, LabelSelectorExt, allocation_entry, allocation_object, l2_pool_names, pool_spec,
+    service_view, time_from_seconds,
 };
 pub use types::*;
 

@@ -95,10 +95,12 @@ pub fn load(inputs: &[String], stdin: &mut dyn Read) -> Result<Loaded, LoadError
     for input in inputs {
         if input == "-" {
             let mut text = String::new();
-            stdin.read_to_string(&mut text).map_err(|source| LoadError::Io {
-                path: "<stdin>".into(),
-                source,
-            })?;
+            stdin
+                .read_to_string(&mut text)
+                .map_err(|source| LoadError::Io {
+                    path: "<stdin>".into(),
+                    source,
+                })?;
             pending.push(Pending {
                 name: "<stdin>".into(),
                 text: Some(text),

@@ -203,16 +203,14 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
         }
         match (group, kind) {
             (api::GROUP, "IPPool") => load_pool(doc, &mut pools, &mut pool_sources, &mut report),
-            (api::GROUP, "L2Announcement") => {
-                match L2Announcement::deserialize(&doc.value) {
-                    Ok(l2) => l2s.push((l2, doc.source.clone())),
-                    Err(e) => report.problems.push(problem(
-                        "invalid_object",
-                        format!("L2Announcement {}: {e}", object_name(doc)),
-                        doc.source.clone(),
-                    )),
-                }
-            }
+            (api::GROUP, "L2Announcement") => match L2Announcement::deserialize(&doc.value) {
+                Ok(l2) => l2s.push((l2, doc.source.clone())),
+                Err(e) => report.problems.push(problem(
+                    "invalid_object",
+                    format!("L2Announcement {}: {e}", object_name(doc)),
+                    doc.source.clone(),
+                )),
+            },
             (api::GROUP, "IPAllocation") => report.problems.push(warning(
                 "ledger_in_git",
                 format!(

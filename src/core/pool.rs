@@ -684,7 +684,10 @@ impl Selection<'_> {
             ),
             Refusal::Selector => format!(
                 "serviceSelector {} does not match",
-                spec.service_selector.as_ref().map(|s| s.to_string()).unwrap_or_default()
+                spec.service_selector
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
             ),
             Refusal::Family => format!("has no {} addresses", self.family),
         }

@@ -1,0 +1,153 @@
+//! Validation of IPPools and L2Announcements.
+//!
+//! Malformed pools are denied with the field path. Edits that strand allocated addresses or
+//! overlap another pool only warn: denying them would wedge Argo CD when addresses move between
+//! pools in one commit; the controller reports the Conflict / Orphaned state instead.
+
+use kube::ResourceExt;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+
+use super::{Outcome, WebhookState};
+use crate::api::{self, IPPool, L2Announcement, LabelSelectorExt};
+use crate::core::pool::{Pool, PoolSet};
+use crate::core::range::format_ranges;
+
+/// Answers one IPPool admission request.
+pub fn admit_pool(state: &WebhookState, req: &AdmissionRequest<IPPool>) -> Outcome {
+    let response = AdmissionResponse::from(req);
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Outcome::allowed(response, "not_create_or_update");
+    }
+    let Some(pool) = req.object.as_ref() else {
+        return Outcome::denied(
+            response,
+            "malformed_review",
+            "the review carries no object".into(),
+        );
+    };
+    let spec = match api::pool_spec(pool) {
+        Ok(spec) => spec,
+        Err(err) => {
+            return Outcome::denied(response, "invalid_pool", format!("spec.{}", err.message));
+        }
+    };
+    let parsed = match Pool::parse(spec) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            let problems: Vec<String> = err.problems.iter().map(|p| format!("spec.{p}")).collect();
+            return Outcome::denied(
+                response,
+                "invalid_pool",
+                format!("IPPool {}: {}", err.pool, problems.join("; ")),
+            );
+        }
+    };
+    let name = parsed.name().to_string();
+    let snapshot = state.ledger.snapshot();
+    let mut outcome = Outcome::allowed(response, "valid");
+    // Allocations of this pool that the edit leaves outside it.
+    let stranded: Vec<String> = snapshot
+        .ledger
+        .entries()
+        .filter(|e| e.pool == name && !parsed.covers(&e.ip))
+        .map(|e| {
+            let holders: Vec<String> = e.members.iter().map(|m| m.service.to_string()).collect();
+            format!("{} ({})", e.ip, holders.join(", "))
+        })
+        .collect();
+    if !stranded.is_empty() {
+        outcome = outcome.warn(format!(
+            "vipam: this edit leaves {} allocated address(es) outside IPPool {name}: {}; they stay \
+             with their Services and are reported Orphaned",
+            stranded.len(),
+            stranded.join(", ")
+        ));
+    }
+    // Overlaps with the other pools, as the controller will resolve them.
+    let mut others: Vec<Pool> = snapshot
+        .pools
+        .pools()
+        .iter()
+        .filter(|p| p.name() != name)
+        .cloned()
+        .collect();
+    let mut candidate = parsed;
+    if candidate.spec.created.is_none() {
+        // A new pool is younger than every existing one.
+        candidate.spec.created = Some(i64::MAX);
+    }
+    others.push(candidate);
+    for overlap in PoolSet::new(others).overlaps() {
+        if overlap.keeper == name || overlap.loser == name {
+            outcome = outcome.warn(format!(
+                "vipam: IPPool {} overlaps IPPool {} on {}; {} keeps the shared range",
+                overlap.loser,
+                overlap.keeper,
+                format_ranges(&overlap.shared),
+                overlap.keeper
+            ));
+        }
+    }
+    outcome
+}
+
+/// Answers one L2Announcement admission request.
+pub fn admit_l2announcement(
+    state: &WebhookState,
+    req: &AdmissionRequest<L2Announcement>,
+) -> Outcome {
+    let response = AdmissionResponse::from(req);
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Outcome::allowed(response, "not_create_or_update");
+    }
+    let Some(l2) = req.object.as_ref() else {
+        return Outcome::denied(
+            response,
+            "malformed_review",
+            "the review carries no object".into(),
+        );
+    };
+    let mut problems = Vec::new();
+    for (index, pattern) in l2.spec.interfaces.iter().enumerate() {
+        if let Err(err) = regex::Regex::new(pattern) {
+            let first = err
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            problems.push(format!(
+                "spec.interfaces[{index}]: {pattern:?} is not a regular expression ({first})"
+            ));
+        }
+    }
+    for (field, selector) in [
+        ("spec.serviceSelector", &l2.spec.service_selector),
+        ("spec.nodeSelector", &l2.spec.node_selector),
+    ] {
+        if let Some(selector) = selector
+            && let Err(err) = selector.to_core()
+        {
+            problems.push(format!("{field}: {err}"));
+        }
+    }
+    if !problems.is_empty() {
+        return Outcome::denied(
+            response,
+            "invalid_l2announcement",
+            format!("L2Announcement {}: {}", l2.name_any(), problems.join("; ")),
+        );
+    }
+    let mut outcome = Outcome::allowed(response, "valid");
+    let snapshot = state.ledger.snapshot();
+    for name in &l2.spec.ip_pools {
+        if snapshot.pools.get(name).is_none() {
+            outcome = outcome.warn(format!(
+                "vipam: L2Announcement {} names IPPool {name}, which does not exist (yet)",
+                l2.name_any()
+            ));
+        }
+    }
+    outcome
+}
