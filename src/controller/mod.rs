@@ -10,6 +10,7 @@ use crate::admin::{self, Metrics, PoolLabel, Readiness};
 use crate::cache::{Caches, valid};
 use crate::core::range::Family;
 use crate::core::request::RequestPolicy;
+use crate::webhook::selfsigned::{self, SelfSignedConfig};
 use crate::webhook::{self, WebhookState, ledger::LedgerView, tls};
 
 /// Flags of `vipam controller` (each also from the environment).
@@ -26,8 +27,40 @@ pub struct ControllerArgs {
     pub admin_addr: SocketAddr,
     /// Directory holding tls.crt and tls.key (a cert-manager or any TLS Secret, mounted);
     /// reloaded without restart when their content changes.
-    #[arg(long, env = "VIPAM_TLS_DIR")]
-    pub tls_dir: PathBuf,
+    #[arg(
+        long,
+        env = "VIPAM_TLS_DIR",
+        required_unless_present = "self_signed",
+        conflicts_with = "self_signed"
+    )]
+    pub tls_dir: Option<PathBuf>,
+    /// vipam makes its own CA and serving certificate, keeps them in the Secret
+    /// --tls-secret, renews them, and writes the CA into its webhook configurations' caBundle.
+    #[arg(long, env = "VIPAM_SELF_SIGNED")]
+    pub self_signed: bool,
+    /// Name of the webhook Service (the certificate covers its DNS names).
+    #[arg(long, env = "VIPAM_WEBHOOK_SERVICE", default_value = "vipam-webhook")]
+    pub webhook_service: String,
+    /// Secret holding the self-signed CA and certificate (in --namespace).
+    #[arg(long, env = "VIPAM_TLS_SECRET", default_value = "vipam-webhook-tls")]
+    pub tls_secret: String,
+    /// MutatingWebhookConfiguration whose caBundle vipam keeps (with --self-signed).
+    #[arg(
+        long,
+        env = "VIPAM_MUTATING_WEBHOOK_CONFIGURATION",
+        default_value = "vipam"
+    )]
+    pub mutating_webhook_configuration: String,
+    /// ValidatingWebhookConfiguration whose caBundle vipam keeps (with --self-signed).
+    #[arg(
+        long,
+        env = "VIPAM_VALIDATING_WEBHOOK_CONFIGURATION",
+        default_value = "vipam"
+    )]
+    pub validating_webhook_configuration: String,
+    /// How often the self-signed Secret and the caBundles are checked (renewal, repair).
+    #[arg(long, env = "VIPAM_SELF_SIGNED_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub self_signed_check_interval: Duration,
     /// How often the certificate files are checked for new content.
     #[arg(long, env = "VIPAM_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub tls_reload_interval: Duration,
@@ -80,8 +113,6 @@ pub fn parse_family(text: &str) -> Result<Family, String> {
 pub enum ControllerError {
     #[error("connecting to the Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
     #[error("serving on {addr}: {source}")]
     Serve {
         addr: SocketAddr,
@@ -93,7 +124,6 @@ impl ControllerError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             ControllerError::Kube(_) => "kube",
-            ControllerError::Tls(e) => e.metric_label(),
             ControllerError::Serve { .. } => "serve",
         }
     }
@@ -129,12 +159,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     });
     spawn_ledger_gauges(caches.clone(), metrics.clone());
 
-    let tls_config = tls::serve_config_from_dir(
-        args.tls_dir.clone(),
-        args.tls_reload_interval,
-        flags[0].clone(),
-    )
-    .await?;
+    let tls_config = match &args.tls_dir {
+        Some(dir) => {
+            tls::serve_config_from_dir(dir.clone(), args.tls_reload_interval, flags[0].clone())
+                .await
+        }
+        None => self_signed_config(&client, &args, flags[0].clone()).await?,
+    };
     let state = Arc::new(WebhookState {
         policy: RequestPolicy {
             default_class: args.default_class,
@@ -158,6 +189,82 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
             addr: args.webhook_addr,
             source,
         })
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Serves the self-signed certificate and keeps it (and the caBundles) up to date.
+async fn self_signed_config(
+    client: &kube::Client,
+    args: &ControllerArgs,
+    loaded: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<axum_server::tls_rustls::RustlsConfig, ControllerError> {
+    let config = SelfSignedConfig {
+        namespace: args.namespace.clone(),
+        secret_name: args.tls_secret.clone(),
+        service_name: args.webhook_service.clone(),
+        mutating_configuration: args.mutating_webhook_configuration.clone(),
+        validating_configuration: args.validating_webhook_configuration.clone(),
+        ca_validity_days: 3650,
+        cert_validity_days: 365,
+        renew_before_days: 30,
+    };
+    let mut bundle = loop {
+        match selfsigned::ensure_secret(client, &config, now_secs()).await {
+            Ok(bundle) => break bundle,
+            Err(err) => {
+                tracing::warn!(error = %err, "self-signed certificate not available yet; retrying");
+                tokio::time::sleep(args.self_signed_check_interval.min(Duration::from_secs(5)))
+                    .await;
+            }
+        }
+    };
+    let tls_config = axum_server::tls_rustls::RustlsConfig::from_pem(
+        bundle.cert_pem.clone().into_bytes(),
+        bundle.key_pem.clone().into_bytes(),
+    )
+    .await
+    .map_err(|source| ControllerError::Serve {
+        addr: args.webhook_addr,
+        source,
+    })?;
+    loaded.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(secret = %config.secret_name, "serving the self-signed certificate");
+    let reloading = tls_config.clone();
+    let client = client.clone();
+    let interval = args.self_signed_check_interval;
+    tokio::spawn(async move {
+        loop {
+            if let Err(err) = selfsigned::inject_ca_bundle(&client, &config, &bundle.ca_pem).await {
+                tracing::warn!(error = %err, "writing the caBundle failed; will retry");
+            }
+            tokio::time::sleep(interval).await;
+            match selfsigned::ensure_secret(&client, &config, now_secs()).await {
+                Ok(next) if next.cert_pem != bundle.cert_pem => {
+                    match reloading
+                        .reload_from_pem(
+                            next.cert_pem.clone().into_bytes(),
+                            next.key_pem.clone().into_bytes(),
+                        )
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::info!("self-signed certificate renewed and reloaded");
+                            bundle = next;
+                        }
+                        Err(err) => tracing::warn!(error = %err, "renewed certificate rejected"),
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "checking the self-signed Secret failed"),
+            }
+        }
+    });
+    Ok(tls_config)
 }
 
 fn spawn_ledger_gauges(caches: Caches, metrics: Arc<Metrics>) {

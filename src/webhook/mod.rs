@@ -3,6 +3,7 @@
 //! on `IPAllocation`s makes them race-free across replicas.
 
 pub mod ledger;
+pub mod selfsigned;
 pub mod service;
 pub mod tls;
 pub mod validate;

@@ -43,21 +43,41 @@ pub fn read_pair(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     Ok((read(dir.join("tls.crt"))?, read(dir.join("tls.key"))?))
 }
 
+async fn load(dir: &Path) -> Result<(RustlsConfig, (Vec<u8>, Vec<u8>)), TlsError> {
+    let (cert, key) = read_pair(dir)?;
+    let config = RustlsConfig::from_pem(cert.clone(), key.clone())
+        .await
+        .map_err(|source| TlsError::Invalid {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    Ok((config, (cert, key)))
+}
+
 /// Loads the certificate in `dir` and keeps it fresh: every `interval`, if the files' content
-/// changed, the new pair is loaded (a bad pair is logged and the old one kept). `loaded` turns
-/// true once a certificate is in use.
+/// changed, the new pair is loaded (a bad pair is logged and the old one kept). Until a usable
+/// pair exists (cert-manager may issue it after the pod starts) this waits, logging why, and
+/// `/readyz` says so; `loaded` turns true once a certificate is in use.
 pub async fn serve_config_from_dir(
     dir: PathBuf,
     interval: Duration,
     loaded: Arc<AtomicBool>,
-) -> Result<RustlsConfig, TlsError> {
-    let (cert, key) = read_pair(&dir)?;
-    let config = RustlsConfig::from_pem(cert.clone(), key.clone())
-        .await
-        .map_err(|source| TlsError::Invalid {
-            dir: dir.clone(),
-            source,
-        })?;
+) -> RustlsConfig {
+    let mut last_error = String::new();
+    let (config, (cert, key)) = loop {
+        match load(&dir).await {
+            Ok(loaded) => break loaded,
+            Err(err) => {
+                let message = err.to_string();
+                if message != last_error {
+                    tracing::warn!(error = %message, "waiting for a usable serving certificate");
+                    last_error = message;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }
+    };
+    tracing::info!(dir = %dir.display(), "serving certificate loaded");
     loaded.store(true, Ordering::Release);
     let reloading = config.clone();
     tokio::spawn(async move {
@@ -91,5 +111,5 @@ pub async fn serve_config_from_dir(
             }
         }
     });
-    Ok(config)
+    config
 }
