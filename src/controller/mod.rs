@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::{self, Metrics, PoolLabel, Readiness};
-use crate::cache::{Caches, valid};
+use crate::cache::Caches;
 use crate::core::range::Family;
 use crate::core::request::RequestPolicy;
 use crate::webhook::selfsigned::{self, SelfSignedConfig};
@@ -271,8 +271,8 @@ fn spawn_ledger_gauges(caches: Caches, metrics: Arc<Metrics>) {
     tokio::spawn(async move {
         loop {
             let mut counts = std::collections::BTreeMap::<String, i64>::new();
-            for allocation in valid(&caches.allocations) {
-                *counts.entry(allocation.spec.pool.clone()).or_default() += 1;
+            for entry in caches.ledger.lock().ledger.entries() {
+                *counts.entry(entry.pool.clone()).or_default() += 1;
             }
             metrics.ledger_addresses.clear();
             for (pool, count) in counts {

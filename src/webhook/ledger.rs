@@ -1,33 +1,30 @@
-//! The ledger as the webhook sees it: the reflector cache, plus what this replica wrote or read
-//! since (overlay), plus reservations in flight in this replica. The API server's create of an
-//! `IPAllocation` is the final arbiter across replicas: AlreadyExists or Conflict means "refresh
-//! and decide again".
+//! The ledger as the webhook sees it: the live ledger (watch events and this replica's own
+//! writes) with reservations in flight in this replica marked in it. The API server's create of
+//! an `IPAllocation` is the final arbiter across replicas: AlreadyExists or Conflict means
+//! "refresh and decide again".
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
 
-use crate::api::{self, IPAllocation, IPPool, L2Announcement, allocation_entry, allocation_object};
+use crate::api::{self, IPAllocation, IPPool, L2Announcement, allocation_object};
 use crate::cache::{Caches, valid};
 use crate::core::allocate::{Context, Decision, Ledger, LedgerEntry, Member};
 use crate::core::names::allocation_name;
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::request::Request;
 
-/// How long a write this replica made (or an object it read) overrides the cache.
-const OVERLAY_TTL: Duration = Duration::from_secs(30);
-
-/// A consistent view for one decision.
-pub struct Snapshot {
-    pub pools: PoolSet,
-    pub ledger: Ledger,
+/// A consistent view for one decision (borrowed while the ledger is locked).
+pub struct Snapshot<'a> {
+    pub pools: &'a PoolSet,
+    pub ledger: &'a Ledger,
     /// The `IPAllocation` object behind each ledger entry (for resourceVersion and timestamps).
-    pub objects: BTreeMap<IpAddr, IPAllocation>,
-    pub l2announcements: Vec<L2Announcement>,
+    pub objects: &'a BTreeMap<IpAddr, IPAllocation>,
+    pub l2announcements: &'a [L2Announcement],
 }
 
 /// One write that records a decision.
@@ -59,7 +56,7 @@ impl Write {
 /// Why writing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// Another writer got there first; the fresh object is in the overlay now.
+    /// Another writer got there first; the fresh object is in the ledger now.
     #[error("{0} changed concurrently")]
     Raced(String),
     #[error("recording {name}: {source}")]
@@ -79,23 +76,25 @@ impl WriteError {
     }
 }
 
-#[derive(Default)]
-struct Local {
-    /// name -> (object, when learnt); `None` when we learnt it does not exist.
-    overlay: BTreeMap<String, (Option<IPAllocation>, Instant)>,
-    /// Entries being written by this replica right now.
-    inflight: BTreeMap<IpAddr, LedgerEntry>,
+/// Pools and L2Announcements as last built, with the cache generation they come from.
+struct Derived {
+    generation: u64,
+    pools: PoolSet,
+    l2announcements: Vec<L2Announcement>,
+}
+
+/// An in-flight reservation: what the ledger held before it (to restore on failure).
+struct Inflight {
+    previous: Option<(LedgerEntry, Option<IPAllocation>)>,
+    mine: LedgerEntry,
 }
 
 /// The webhook's ledger access.
 pub struct LedgerView {
     api: Api<IPAllocation>,
     caches: Caches,
-    local: Mutex<Local>,
-}
-
-fn rv_number(object: &IPAllocation) -> Option<u64> {
-    object.metadata.resource_version.as_ref()?.parse().ok()
+    derived: Mutex<Option<Derived>>,
+    inflight: Mutex<BTreeMap<IpAddr, Inflight>>,
 }
 
 impl LedgerView {
@@ -103,7 +102,8 @@ impl LedgerView {
         LedgerView {
             api: Api::all(client),
             caches,
-            local: Mutex::new(Local::default()),
+            derived: Mutex::new(None),
+            inflight: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -111,79 +111,59 @@ impl LedgerView {
         &self.caches
     }
 
-    /// Takes a snapshot and, unless `dry_run`, runs `plan` on it while holding the local lock,
-    /// marking the planned writes in flight so that concurrent requests in this replica decide
+    /// Runs `read` on a consistent snapshot.
+    pub fn read<T>(&self, read: impl FnOnce(&Snapshot<'_>) -> T) -> T {
+        self.plan(true, |snapshot| (read(snapshot), Vec::new())).0
+    }
+
+    /// Runs `plan` on a snapshot while holding the ledger lock and, unless `dry_run`, marks the
+    /// planned writes in the ledger at once, so concurrent requests in this replica decide
     /// around them.
     pub fn plan<T>(
         &self,
         dry_run: bool,
-        plan: impl FnOnce(&Snapshot) -> (T, Vec<Write>),
+        plan: impl FnOnce(&Snapshot<'_>) -> (T, Vec<Write>),
     ) -> (T, Vec<Write>) {
-        let mut local = self.local.lock().expect("ledger lock");
-        let snapshot = self.snapshot_locked(&mut local);
-        let (result, writes) = plan(&snapshot);
-        if !dry_run {
+        let mut derived = self.derived.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.caches.generation.load(Ordering::Acquire);
+        if derived.as_ref().is_none_or(|d| d.generation != generation) {
+            *derived = Some(Derived {
+                generation,
+                pools: pool_set(&valid(&self.caches.pools)),
+                l2announcements: valid(&self.caches.l2announcements),
+            });
+        }
+        let derived = derived.as_ref().expect("built above");
+        let mut state = self.caches.ledger.lock();
+        let (result, writes) = {
+            let snapshot = Snapshot {
+                pools: &derived.pools,
+                ledger: &state.ledger,
+                objects: &state.objects,
+                l2announcements: &derived.l2announcements,
+            };
+            plan(&snapshot)
+        };
+        if !dry_run && !writes.is_empty() {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             for write in &writes {
-                local.inflight.insert(write.ip(), write.entry().clone());
+                let ip = write.ip();
+                let previous = state
+                    .ledger
+                    .get(&ip)
+                    .cloned()
+                    .map(|entry| (entry, state.objects.get(&ip).cloned()));
+                state.ledger.upsert(write.entry().clone());
+                inflight.insert(
+                    ip,
+                    Inflight {
+                        previous,
+                        mine: write.entry().clone(),
+                    },
+                );
             }
         }
         (result, writes)
-    }
-
-    /// A snapshot without reserving anything (validation of pools, warnings).
-    pub fn snapshot(&self) -> Snapshot {
-        let mut local = self.local.lock().expect("ledger lock");
-        self.snapshot_locked(&mut local)
-    }
-
-    fn snapshot_locked(&self, local: &mut Local) -> Snapshot {
-        let mut by_name: BTreeMap<String, IPAllocation> = valid(&self.caches.allocations)
-            .into_iter()
-            .map(|a| (a.name_any(), a))
-            .collect();
-        local
-            .overlay
-            .retain(|_, (_, learnt)| learnt.elapsed() < OVERLAY_TTL);
-        for (name, (object, _)) in &local.overlay {
-            let newer = match (object, by_name.get(name)) {
-                (Some(mine), Some(cached)) => match (rv_number(mine), rv_number(cached)) {
-                    (Some(a), Some(b)) => a >= b,
-                    _ => true,
-                },
-                _ => true,
-            };
-            if newer {
-                match object {
-                    Some(mine) => {
-                        by_name.insert(name.clone(), mine.clone());
-                    }
-                    None => {
-                        by_name.remove(name);
-                    }
-                }
-            }
-        }
-        let mut objects = BTreeMap::new();
-        let mut entries = Vec::new();
-        for object in by_name.into_values() {
-            match allocation_entry(&object) {
-                Ok(entry) => {
-                    objects.insert(entry.ip, object);
-                    entries.push(entry);
-                }
-                Err(err) => tracing::warn!(error = %err, "ignoring a malformed IPAllocation"),
-            }
-        }
-        let mut ledger = Ledger::from_entries(entries);
-        for entry in local.inflight.values() {
-            ledger.upsert(entry.clone());
-        }
-        Snapshot {
-            pools: pool_set(&valid(&self.caches.pools)),
-            ledger,
-            objects,
-            l2announcements: valid(&self.caches.l2announcements),
-        }
     }
 
     /// Performs the writes in order; the first race stops and asks for a new decision.
@@ -199,14 +179,29 @@ impl LedgerView {
                 }
             }
         }
-        let mut local = self.local.lock().expect("ledger lock");
+        let mut state = self.caches.ledger.lock();
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         for write in writes {
-            local.inflight.remove(&write.ip());
+            let Some(reservation) = inflight.remove(&write.ip()) else {
+                continue;
+            };
+            // Undo an unconfirmed reservation, unless the watch replaced it meanwhile.
+            if state.ledger.get(&write.ip()) == Some(&reservation.mine) {
+                match reservation.previous {
+                    Some((entry, object)) => {
+                        state.ledger.upsert(entry);
+                        if let Some(object) = object {
+                            state.objects.insert(write.ip(), object);
+                        }
+                    }
+                    None => {
+                        state.ledger.remove(&write.ip());
+                    }
+                }
+            }
         }
         for object in done {
-            local
-                .overlay
-                .insert(object.name_any(), (Some(object), Instant::now()));
+            state.apply(object);
         }
         result
     }
@@ -226,10 +221,7 @@ impl LedgerView {
             } => {
                 let mut object = (**current).clone();
                 object.spec = allocation_object(entry).spec;
-                let replaced = self
-                    .api
-                    .replace(&name, &PostParams::default(), &object)
-                    .await;
+                let replaced = self.api.replace(&name, &PostParams::default(), &object).await;
                 match replaced {
                     Ok(replaced) if *rebind => {
                         let patch = serde_json::json!({
@@ -254,20 +246,13 @@ impl LedgerView {
         }
     }
 
-    /// Reads one object fresh into the overlay (after losing a race on it).
+    /// Reads one object fresh into the ledger (after losing a race on it).
     async fn refresh(&self, name: &str) {
-        let fresh = match self.api.get_opt(name).await {
-            Ok(object) => object,
-            Err(err) => {
-                tracing::warn!(%name, error = %err, "refreshing after a conflict failed");
-                return;
-            }
-        };
-        self.local
-            .lock()
-            .expect("ledger lock")
-            .overlay
-            .insert(name.to_string(), (fresh, Instant::now()));
+        match self.api.get_opt(name).await {
+            Ok(Some(object)) => self.caches.ledger.lock().apply(object),
+            Ok(None) => self.caches.ledger.lock().delete(name),
+            Err(err) => tracing::warn!(%name, error = %err, "refreshing after a conflict failed"),
+        }
     }
 }
 
@@ -287,7 +272,7 @@ pub fn pool_set(pools: &[IPPool]) -> PoolSet {
 pub fn plan_writes(
     request: &Request,
     decision: &Decision,
-    snapshot: &Snapshot,
+    snapshot: &Snapshot<'_>,
     ctx: &Context,
 ) -> Vec<Write> {
     let member = Member::of(request);
@@ -313,6 +298,8 @@ pub fn plan_writes(
         entry.sharing_key = key.clone();
         let rebind = current_entry.is_some_and(|e| e.is_released());
         match object {
+            // An entry in flight from another request of this replica has no object yet: its
+            // create decides; ours will race and retry.
             None => writes.push(Write::Create(entry)),
             Some(current) => {
                 if current_entry == Some(&entry) {

@@ -138,7 +138,7 @@ type Decided = Result<(Decision, Vec<String>), (&'static str, String)>;
 fn decide_with_checks(
     req: &AdmissionRequest<Service>,
     request: &Request,
-    snapshot: &Snapshot,
+    snapshot: &Snapshot<'_>,
     ctx: &crate::core::allocate::Context,
 ) -> Decided {
     // On CREATE, an assigned-ips value the ledger does not back is refused: only vipam writes it.
@@ -173,7 +173,7 @@ fn decide_with_checks(
 }
 
 /// The denial message, with who holds the address since when and where free addresses are.
-fn explain(denial: &Denial, request: &Request, snapshot: &Snapshot) -> String {
+fn explain(denial: &Denial, request: &Request, snapshot: &Snapshot<'_>) -> String {
     let mut message = denial.message.clone();
     let conflict = matches!(
         denial.kind,
@@ -215,7 +215,7 @@ fn explain(denial: &Denial, request: &Request, snapshot: &Snapshot) -> String {
     message
 }
 
-fn warnings(request: &Request, decision: &Decision, snapshot: &Snapshot) -> Vec<String> {
+fn warnings(request: &Request, decision: &Decision, snapshot: &Snapshot<'_>) -> Vec<String> {
     let mut warnings = Vec::new();
     for assignment in &decision.assignments {
         let covered = snapshot.l2announcements.iter().any(|l2| {

@@ -43,18 +43,28 @@ pub fn admit_pool(state: &WebhookState, req: &AdmissionRequest<IPPool>) -> Outco
         }
     };
     let name = parsed.name().to_string();
-    let snapshot = state.ledger.snapshot();
+    let (stranded, others) = state.ledger.read(|snapshot| {
+        let stranded: Vec<String> = snapshot
+            .ledger
+            .entries()
+            .filter(|e| e.pool == name && !parsed.covers(&e.ip))
+            .map(|e| {
+                let holders: Vec<String> =
+                    e.members.iter().map(|m| m.service.to_string()).collect();
+                format!("{} ({})", e.ip, holders.join(", "))
+            })
+            .collect();
+        let others: Vec<Pool> = snapshot
+            .pools
+            .pools()
+            .iter()
+            .filter(|p| p.name() != name)
+            .cloned()
+            .collect();
+        (stranded, others)
+    });
     let mut outcome = Outcome::allowed(response, "valid");
     // Allocations of this pool that the edit leaves outside it.
-    let stranded: Vec<String> = snapshot
-        .ledger
-        .entries()
-        .filter(|e| e.pool == name && !parsed.covers(&e.ip))
-        .map(|e| {
-            let holders: Vec<String> = e.members.iter().map(|m| m.service.to_string()).collect();
-            format!("{} ({})", e.ip, holders.join(", "))
-        })
-        .collect();
     if !stranded.is_empty() {
         outcome = outcome.warn(format!(
             "vipam: this edit leaves {} allocated address(es) outside IPPool {name}: {}; they stay \
@@ -64,13 +74,7 @@ pub fn admit_pool(state: &WebhookState, req: &AdmissionRequest<IPPool>) -> Outco
         ));
     }
     // Overlaps with the other pools, as the controller will resolve them.
-    let mut others: Vec<Pool> = snapshot
-        .pools
-        .pools()
-        .iter()
-        .filter(|p| p.name() != name)
-        .cloned()
-        .collect();
+    let mut others = others;
     let mut candidate = parsed;
     if candidate.spec.created.is_none() {
         // A new pool is younger than every existing one.
@@ -140,9 +144,16 @@ pub fn admit_l2announcement(
         );
     }
     let mut outcome = Outcome::allowed(response, "valid");
-    let snapshot = state.ledger.snapshot();
-    for name in &l2.spec.ip_pools {
-        if snapshot.pools.get(name).is_none() {
+    let unknown: Vec<String> = state.ledger.read(|snapshot| {
+        l2.spec
+            .ip_pools
+            .iter()
+            .filter(|name| snapshot.pools.get(name).is_none())
+            .cloned()
+            .collect()
+    });
+    for name in &unknown {
+        {
             outcome = outcome.warn(format!(
                 "vipam: L2Announcement {} names IPPool {name}, which does not exist (yet)",
                 l2.name_any()
