@@ -39,7 +39,11 @@ fn generate(dir: &std::path::Path) {
                  namespace: team-{p:03}\n  annotations:\n    {}\nspec:\n  type: LoadBalancer\n  \
                  ipFamilies: [IPv6]\n  selector:\n    app: svc-{s:03}\n  ports:\n    - port: {}\n      \
                  protocol: TCP\n",
-                if annotations.is_empty() { "example.com/owner: team".to_string() } else { annotations },
+                if annotations.is_empty() {
+                    "example.com/owner: team".to_string()
+                } else {
+                    annotations
+                },
                 8000 + s
             );
         }
@@ -61,7 +65,12 @@ fn main() {
         times.push(start.elapsed());
         assert_eq!(report.services, 10_000);
         assert_eq!(report.pools.len(), 100);
-        assert_eq!(report.errors(), 0, "{}", out.lines().rev().take(5).collect::<Vec<_>>().join("\n"));
+        assert_eq!(
+            report.errors(),
+            0,
+            "{}",
+            out.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+        );
         summary = out.lines().last().unwrap_or("").to_string();
     }
     let start = Instant::now();

@@ -17,7 +17,11 @@ use vipam::core::request::{RequestPolicy, ServiceView};
 mod common;
 
 fn main() {
-    let pool = Pool::parse(PoolSpec::new("v6", vec![BlockSpec::cidr("2001:db8:1::/64")])).unwrap();
+    let pool = Pool::parse(PoolSpec::new(
+        "v6",
+        vec![BlockSpec::cidr("2001:db8:1::/64")],
+    ))
+    .unwrap();
     assert_eq!(pool.capacity(), 1u128 << 64);
     let rss_start = common::status_kib("VmRSS");
 

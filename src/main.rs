@@ -27,7 +27,7 @@ enum Command {
     Check(CheckArgs),
     /// Serve the admission webhooks (HTTPS) and the admin endpoints (HTTP). Runs as a
     /// Deployment with 2+ replicas; finds the cluster in-cluster or through KUBECONFIG.
-    Controller(vipam::controller::ControllerArgs),
+    Controller(Box<vipam::controller::ControllerArgs>),
     /// Print the CustomResourceDefinitions (generated from the Rust types).
     Crds {
         /// Write one file per CRD into this directory instead of printing.
@@ -100,7 +100,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => run_check(args),
         Command::Controller(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(vipam::controller::run(args))?;
+            runtime.block_on(vipam::controller::run(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds { out_dir } => {

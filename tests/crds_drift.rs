@@ -11,8 +11,12 @@ fn manifests_match_the_rust_types() {
         let name = vipam::api::crd_file_name(&crd);
         let generated = serde_saphyr::to_string(&crd).expect("CRD serialises");
         let path = dir.join(&name);
-        let on_disk = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run -- crds --out-dir manifests/crds`", path.display()));
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `cargo run -- crds --out-dir manifests/crds`",
+                path.display()
+            )
+        });
         assert!(
             on_disk == generated,
             "{} drifted from the Rust types; run `cargo run -- crds --out-dir manifests/crds`",

@@ -41,7 +41,11 @@ fn core_imports_no_io_crates() {
     let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
     let mut files = Vec::new();
     rust_files(&core, &mut files);
-    assert!(files.len() >= 6, "expected the core modules under {}", core.display());
+    assert!(
+        files.len() >= 6,
+        "expected the core modules under {}",
+        core.display()
+    );
     let mut problems = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -49,14 +53,21 @@ fn core_imports_no_io_crates() {
             problems.push(format!("{}: {hit}", file.display()));
         }
     }
-    assert!(problems.is_empty(), "src/core must stay pure:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "src/core must stay pure:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
 fn the_detector_catches_imports() {
     assert_eq!(offending_lines("use kube::Api;").len(), 1);
     assert_eq!(offending_lines("    let x = tokio::spawn(f);").len(), 1);
-    assert_eq!(offending_lines("use k8s_openapi::api::core::v1::Service;").len(), 1);
+    assert_eq!(
+        offending_lines("use k8s_openapi::api::core::v1::Service;").len(),
+        1
+    );
     assert_eq!(offending_lines("extern crate pnet;").len(), 1);
     assert!(offending_lines("// kube::Api in a comment").is_empty());
     assert!(offending_lines("use crate::core::range;").is_empty());

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::api::{self, IPAllocation, IPPool, L2Announcement, allocation_object};
 use crate::cache::{Caches, valid};
@@ -221,7 +221,10 @@ impl LedgerView {
             } => {
                 let mut object = (**current).clone();
                 object.spec = allocation_object(entry).spec;
-                let replaced = self.api.replace(&name, &PostParams::default(), &object).await;
+                let replaced = self
+                    .api
+                    .replace(&name, &PostParams::default(), &object)
+                    .await;
                 match replaced {
                     Ok(replaced) if *rebind => {
                         let patch = serde_json::json!({

@@ -163,7 +163,7 @@ fn decide_with_checks(
             ));
         }
     }
-    let decision = decide(request, &snapshot.pools, &snapshot.ledger, ctx).map_err(|denial| {
+    let decision = decide(request, snapshot.pools, snapshot.ledger, ctx).map_err(|denial| {
         (
             denial.kind.metric_label(),
             explain(&denial, request, snapshot),

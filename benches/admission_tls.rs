@@ -1,0 +1,198 @@
+//! Admission latency and throughput over TLS on loopback.
+//!
+//! `cargo bench --bench admission_tls`: the real webhook (`POST /mutate/service`, each request a
+//! CREATE that allocates a new address from an IPv6 /64 and records its IPAllocation in the
+//! in-process fake API) side by side, in the same run, with a minimal axum TLS handler that
+//! returns a fixed "allowed" review (the floor for TLS + HTTP + JSON on this machine). Clients
+//! keep one HTTP/1.1 connection each; concurrency 1, 16 and 64, a few seconds each.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use axum_server::tls_rustls::RustlsConfig;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
+use vipam::admin::Metrics;
+use vipam::cache::Caches;
+use vipam::core::request::RequestPolicy;
+use vipam::webhook::{self, WebhookState, ledger::LedgerView};
+
+const RUN: Duration = Duration::from_secs(3);
+
+fn review(i: usize) -> Bytes {
+    let body = json!({
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": format!("uid-{i}"),
+            "kind": {"group": "", "version": "v1", "kind": "Service"},
+            "resource": {"group": "", "version": "v1", "resource": "services"},
+            "name": format!("svc-{i}"),
+            "namespace": format!("ns-{}", i % 50),
+            "operation": "CREATE",
+            "userInfo": {"username": "bench"},
+            "object": {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % 50)},
+                "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"],
+                         "ports": [{"port": 443, "protocol": "TCP"}],
+                         "selector": {"app": format!("svc-{i}")}}
+            },
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+        }
+    });
+    Bytes::from(serde_json::to_vec(&body).unwrap())
+}
+
+async fn serve(router: Router, tls: RustlsConfig) -> SocketAddr {
+    let handle = axum_server::Handle::new();
+    let server =
+        axum_server::bind_rustls("127.0.0.1:0".parse().unwrap(), tls).handle(handle.clone());
+    tokio::spawn(async move {
+        server.serve(router.into_make_service()).await.unwrap();
+    });
+    handle.listening().await.expect("listening")
+}
+
+struct Result {
+    requests: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn load(
+    addr: SocketAddr,
+    connector: TlsConnector,
+    concurrency: usize,
+    bodies: Arc<Vec<Bytes>>,
+    next: Arc<AtomicUsize>,
+) -> Result {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (connector, bodies, next) = (connector.clone(), bodies.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut latencies = Vec::new();
+            while started.elapsed() < RUN {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let body = bodies[i % bodies.len()].clone();
+                let request = hyper::Request::post("/mutate/service")
+                    .header("host", "localhost")
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .unwrap();
+                let t = Instant::now();
+                let response = sender.send_request(request).await.unwrap();
+                assert!(response.status().is_success());
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                latencies.push(t.elapsed());
+                assert!(
+                    bytes.windows(14).any(|w| w == b"\"allowed\":true"),
+                    "{}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    Result {
+        requests: all.len(),
+        elapsed,
+        p50: all[all.len() / 2],
+        p99: all[(all.len() * 99 / 100).min(all.len() - 1)],
+    }
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        let tls = RustlsConfig::from_pem(cert.pem().into_bytes(), key.serialize_pem().into_bytes()).await.unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = TlsConnector::from(Arc::new(client));
+
+        let fake = support::FakeApi::new();
+        fake.seed(json!({"apiVersion": "vipam.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "v6"},
+                         "spec": {"blocks": [{"cidr": "2001:db8:1::/64"}]}}));
+        fake.seed(json!({"apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement", "metadata": {"name": "all"}, "spec": {}}));
+        let (caches, writers) = Caches::new();
+        Caches::start(fake.client(), writers, &caches).await;
+        let state = Arc::new(WebhookState {
+            policy: RequestPolicy::default(),
+            sticky_release_secs: 600,
+            ledger: LedgerView::new(fake.client(), caches),
+            metrics: Arc::new(Metrics::new()),
+        });
+        let vipam_addr = serve(webhook::router(state), tls.clone()).await;
+        let fixed = Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true,"status":{}}}"#);
+        let floor = Router::new().route(
+            "/mutate/service",
+            post(move |_body: Bytes| {
+                let fixed = fixed.clone();
+                async move { ([("content-type", "application/json")], fixed) }
+            }),
+        );
+        let floor_addr = serve(floor, tls).await;
+
+        let bodies: Arc<Vec<Bytes>> = Arc::new((0..200_000).map(review).collect());
+        let next = Arc::new(AtomicUsize::new(0));
+        println!("| concurrency | handler | admissions | admissions/s | p50 | p99 |");
+        println!("|---|---|---|---|---|---|");
+        for concurrency in [1, 16, 64] {
+            for (name, addr) in [("floor (fixed answer)", floor_addr), ("vipam webhook", vipam_addr)] {
+                let r = load(addr, connector.clone(), concurrency, bodies.clone(), next.clone()).await;
+                println!(
+                    "| {concurrency} | {name} | {} | {:.0} | {:.0} µs | {:.0} µs |",
+                    r.requests,
+                    r.requests as f64 / r.elapsed.as_secs_f64(),
+                    r.p50.as_secs_f64() * 1e6,
+                    r.p99.as_secs_f64() * 1e6
+                );
+            }
+        }
+        let ledger = fake.list("ipallocations", None).len();
+        println!("\nIPAllocations recorded in the fake API: {ledger}");
+    });
+}
