@@ -144,6 +144,8 @@ async fn readiness_certificate_rotation_and_admission_over_tls() {
         "spec": {"blocks": [{"start": "192.0.2.10", "stop": "192.0.2.20"}]}
     }));
     let server = fake.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // The API answers nothing at first: the caches cannot sync.
+    fake.outage(support::Outage::Hang);
     let work: PathBuf = std::env::temp_dir().join(format!("vipam-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let tls_dir = work.join("tls");
@@ -177,7 +179,7 @@ async fn readiness_certificate_rotation_and_admission_over_tls() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert!(
-        body.contains("not ready: waiting for certificate"),
+        body.contains("not ready: waiting for certificate, caches"),
         "{body}"
     );
     assert_eq!(http_get(admin, "/livez").await.unwrap().0, 200);
@@ -185,6 +187,13 @@ async fn readiness_certificate_rotation_and_admission_over_tls() {
     let (cert_a, key_a, der_a) = certificate("vipam-a");
     let (cert_b, key_b, der_b) = certificate("vipam-b");
     publish(&tls_dir, "v1", &cert_a, &key_a);
+    // The certificate alone is not enough.
+    wait_for("the certificate", Duration::from_secs(20), || async {
+        let (status, body) = http_get(admin, "/readyz").await?;
+        (status == 503 && body.contains("not ready: waiting for caches")).then_some(())
+    })
+    .await;
+    fake.resume();
     wait_for("ready", Duration::from_secs(20), || async {
         (http_get(admin, "/readyz").await?.0 == 200).then_some(())
     })
@@ -195,6 +204,24 @@ async fn readiness_certificate_rotation_and_admission_over_tls() {
     })
     .await;
     assert_eq!(served, der_a);
+    // HTTP/2 is offered (the API server prefers it), HTTP/1.1 too.
+    for (offer, expected) in [(&b"h2"[..], &b"h2"[..]), (b"http/1.1", b"http/1.1")] {
+        let mut store = RootCertStore::empty();
+        store.add(der_a.clone().into()).unwrap();
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(store)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![offer.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(webhook).await.unwrap();
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(expected));
+    }
 
     // Admission over TLS records the allocation in the (fake) API.
     let review: Value = serde_json::from_str(

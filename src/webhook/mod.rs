@@ -193,22 +193,33 @@ pub fn parse_review<K>(body: &[u8]) -> Result<AdmissionRequest<K>, String>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone,
 {
-    let value: Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
-    let kind = value
-        .pointer("/request/kind/kind")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if kind != K::kind(&()) {
-        return Err(format!(
+    // One typed pass in the common case; a second, untyped one only to explain a failure.
+    let review: AdmissionReview<K> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(typed) => {
+            let value: Value =
+                serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+            check_kind::<K>(value.pointer("/request/kind/kind").and_then(Value::as_str))?;
+            return Err(format!("malformed AdmissionReview: {typed}"));
+        }
+    };
+    let request: AdmissionRequest<K> = review
+        .try_into()
+        .map_err(|_| "an AdmissionReview without a request".to_string())?;
+    check_kind::<K>(Some(request.kind.kind.as_str()))?;
+    Ok(request)
+}
+
+fn check_kind<K: Resource<DynamicType = ()>>(kind: Option<&str>) -> Result<(), String> {
+    let kind = kind.unwrap_or("");
+    if kind == K::kind(&()) {
+        Ok(())
+    } else {
+        Err(format!(
             "this endpoint admits {} objects, not {kind:?}",
             K::kind(&())
-        ));
+        ))
     }
-    let review: AdmissionReview<K> =
-        serde_json::from_value(value).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
-    review
-        .try_into()
-        .map_err(|_| "an AdmissionReview without a request".to_string())
 }
 
 /// Serialises the answer; the patch goes base64-encoded, as Kubernetes documents (kube's type
