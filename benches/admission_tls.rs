@@ -31,6 +31,10 @@ use vipam::webhook::{self, WebhookState, ledger::LedgerView};
 const RUN: Duration = Duration::from_secs(3);
 
 fn review(i: usize) -> Bytes {
+    review_with(i, false)
+}
+
+fn review_with(i: usize, dry_run: bool) -> Bytes {
     let body = json!({
         "kind": "AdmissionReview",
         "apiVersion": "admission.k8s.io/v1",
@@ -50,7 +54,7 @@ fn review(i: usize) -> Bytes {
                          "selector": {"app": format!("svc-{i}")}}
             },
             "oldObject": null,
-            "dryRun": false,
+            "dryRun": dry_run,
             "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
         }
     });
@@ -177,12 +181,21 @@ fn main() {
         let floor_addr = serve(floor, tls).await;
 
         let bodies: Arc<Vec<Bytes>> = Arc::new((0..200_000).map(review).collect());
+        // Each admission to vipam is a new Service (a new address); the floor ignores bodies.
         let next = Arc::new(AtomicUsize::new(0));
+        let floor_next = Arc::new(AtomicUsize::new(0));
+        // Dry runs decide the same way but write nothing: the webhook's own cost.
+        let dry_bodies: Arc<Vec<Bytes>> = Arc::new((0..1000).map(|i| review_with(i, true)).collect());
+        let dry_next = Arc::new(AtomicUsize::new(0));
         println!("| concurrency | handler | admissions | admissions/s | p50 | p99 |");
         println!("|---|---|---|---|---|---|");
         for concurrency in [1, 16, 64] {
-            for (name, addr) in [("floor (fixed answer)", floor_addr), ("vipam webhook", vipam_addr)] {
-                let r = load(addr, connector.clone(), concurrency, bodies.clone(), next.clone()).await;
+            for (name, addr, counter, bodies) in [
+                ("floor (fixed answer)", floor_addr, &floor_next, &bodies),
+                ("vipam, dry run (decides, writes nothing)", vipam_addr, &dry_next, &dry_bodies),
+                ("vipam webhook (decides, records the IPAllocation)", vipam_addr, &next, &bodies),
+            ] {
+                let r = load(addr, connector.clone(), concurrency, bodies.clone(), counter.clone()).await;
                 println!(
                     "| {concurrency} | {name} | {} | {:.0} | {:.0} µs | {:.0} µs |",
                     r.requests,
@@ -193,6 +206,8 @@ fn main() {
             }
         }
         let ledger = fake.list("ipallocations", None).len();
-        println!("\nIPAllocations recorded in the fake API: {ledger}");
+        let admitted = next.load(Ordering::Relaxed);
+        println!("\nvipam admissions: {admitted}; IPAllocations recorded in the fake API: {ledger}");
+        assert_eq!(ledger, admitted, "every admission recorded exactly one new address");
     });
 }
