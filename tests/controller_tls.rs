@@ -74,18 +74,24 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, response))
 }
 
-fn tls_client(roots: &[&[u8]]) -> TlsConnector {
+/// A TLS client trusting `roots`, offering `alpn` (empty: none).
+fn tls_client_with(roots: &[&[u8]], alpn: &[&[u8]]) -> TlsConnector {
     let mut store = RootCertStore::empty();
     for der in roots {
         store.add(der.to_vec().into()).unwrap();
     }
-    let config =
+    let mut config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(store)
             .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TlsConnector::from(Arc::new(config))
+}
+
+fn tls_client(roots: &[&[u8]]) -> TlsConnector {
+    tls_client_with(roots, &[])
 }
 
 /// The certificate the server presents, or None while it does not answer.
@@ -206,17 +212,8 @@ async fn readiness_certificate_rotation_and_admission_over_tls() {
     assert_eq!(served, der_a);
     // HTTP/2 is offered (the API server prefers it), HTTP/1.1 too.
     for (offer, expected) in [(&b"h2"[..], &b"h2"[..]), (b"http/1.1", b"http/1.1")] {
-        let mut store = RootCertStore::empty();
-        store.add(der_a.clone().into()).unwrap();
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(store)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![offer.to_vec()];
         let tcp = tokio::net::TcpStream::connect(webhook).await.unwrap();
-        let tls = TlsConnector::from(Arc::new(config))
+        let tls = tls_client_with(&[&der_a], &[offer])
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .unwrap();
@@ -360,15 +357,7 @@ async fn self_signed_replicas_share_one_secret_and_inject_the_ca() {
             .unwrap()
     };
     let ca_der = pem_der(&decode("ca.crt"));
-    let mut store = RootCertStore::empty();
-    store.add(ca_der.clone().into()).unwrap();
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(store)
-            .with_no_client_auth();
-    let connector = TlsConnector::from(Arc::new(config));
+    let connector = tls_client(&[&ca_der]);
     for (_, webhook, _) in &replicas {
         let tcp = tokio::net::TcpStream::connect(webhook).await.unwrap();
         let tls = connector

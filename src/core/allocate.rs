@@ -222,32 +222,33 @@ impl Ledger {
         Cow::Owned(taken)
     }
 
+    /// The entry `assignment.ip` becomes once `request`'s Service joins it: a released entry is
+    /// reclaimed (the other last holders' claims end), an expired one starts afresh.
+    pub fn joined(&self, request: &Request, assignment: &Assignment) -> LedgerEntry {
+        let mut entry = match self.entries.get(&assignment.ip) {
+            Some(existing) if !existing.is_released() => existing.clone(),
+            _ => LedgerEntry {
+                ip: assignment.ip,
+                pool: assignment.pool.clone(),
+                sharing_key: None,
+                members: Vec::new(),
+                released_at: None,
+            },
+        };
+        entry.members.retain(|m| m.service != request.service);
+        entry.members.push(Member::of(request));
+        entry.members.sort_by(|a, b| a.service.cmp(&b.service));
+        entry.sharing_key = request.sharing_key.as_ref().map(|k| k.value.clone());
+        entry
+    }
+
     /// Records a decision: the Service joins its addresses and leaves the ones it dropped.
     pub fn apply(&mut self, request: &Request, decision: &Decision, ctx: &Context) {
         for ip in &decision.dropped {
             self.leave(ip, &request.service, ctx);
         }
-        let member = Member::of(request);
         for assignment in &decision.assignments {
-            let mut entry = match self.entries.get(&assignment.ip) {
-                Some(existing) if !existing.is_expired(ctx) => existing.clone(),
-                _ => LedgerEntry {
-                    ip: assignment.ip,
-                    pool: assignment.pool.clone(),
-                    sharing_key: None,
-                    members: Vec::new(),
-                    released_at: None,
-                },
-            };
-            if entry.is_released() {
-                // Reclaimed by a last holder: the others' claims end here.
-                entry.members.clear();
-                entry.released_at = None;
-            }
-            entry.members.retain(|m| m.service != request.service);
-            entry.members.push(member.clone());
-            entry.members.sort_by(|a, b| a.service.cmp(&b.service));
-            entry.sharing_key = request.sharing_key.as_ref().map(|k| k.value.clone());
+            let entry = self.joined(request, assignment);
             self.upsert(entry);
         }
     }

@@ -13,7 +13,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::api::{self, IPAllocation, IPPool, L2Announcement, allocation_object};
 use crate::cache::{Caches, valid};
-use crate::core::allocate::{Context, Decision, Ledger, LedgerEntry, Member};
+use crate::core::allocate::{Decision, Ledger, LedgerEntry};
 use crate::core::names::allocation_name;
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::request::Request;
@@ -272,35 +272,13 @@ pub fn pool_set(pools: &[IPPool]) -> PoolSet {
 }
 
 /// The writes that record `decision` for `request` against `snapshot`.
-pub fn plan_writes(
-    request: &Request,
-    decision: &Decision,
-    snapshot: &Snapshot<'_>,
-    ctx: &Context,
-) -> Vec<Write> {
-    let member = Member::of(request);
-    let key = request.sharing_key.as_ref().map(|k| k.value.clone());
+pub fn plan_writes(request: &Request, decision: &Decision, snapshot: &Snapshot<'_>) -> Vec<Write> {
     let mut writes = Vec::new();
     for assignment in &decision.assignments {
         let current_entry = snapshot.ledger.get(&assignment.ip);
-        let object = snapshot.objects.get(&assignment.ip);
-        let live = current_entry.filter(|e| !e.is_released() || e.is_reserved(ctx));
-        let mut entry = match live {
-            Some(existing) if !existing.is_released() => existing.clone(),
-            _ => LedgerEntry {
-                ip: assignment.ip,
-                pool: assignment.pool.clone(),
-                sharing_key: None,
-                members: Vec::new(),
-                released_at: None,
-            },
-        };
-        entry.members.retain(|m| m.service != request.service);
-        entry.members.push(member.clone());
-        entry.members.sort_by(|a, b| a.service.cmp(&b.service));
-        entry.sharing_key = key.clone();
+        let entry = snapshot.ledger.joined(request, assignment);
         let rebind = current_entry.is_some_and(|e| e.is_released());
-        match object {
+        match snapshot.objects.get(&assignment.ip) {
             // An entry in flight from another request of this replica has no object yet: its
             // create decides; ours will race and retry.
             None => writes.push(Write::Create(entry)),

@@ -336,43 +336,44 @@ pub async fn inject_ca_bundle(
     ca_pem: &str,
 ) -> Result<usize, SelfSignedError> {
     let encoded = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
-    let mut patched = inject::<MutatingWebhookConfiguration>(
-        client,
-        &config.mutating_configuration,
-        &encoded,
-        |c| {
-            c.webhooks
-                .iter()
-                .flatten()
-                .map(|w| (w.name.clone(), w.client_config.ca_bundle.clone()))
-                .collect()
-        },
-    )
-    .await?;
-    patched += inject::<ValidatingWebhookConfiguration>(
-        client,
-        &config.validating_configuration,
-        &encoded,
-        |c| {
-            c.webhooks
-                .iter()
-                .flatten()
-                .map(|w| (w.name.clone(), w.client_config.ca_bundle.clone()))
-                .collect()
-        },
-    )
-    .await?;
+    let patched =
+        inject::<MutatingWebhookConfiguration>(client, &config.mutating_configuration, &encoded)
+            .await?
+            + inject::<ValidatingWebhookConfiguration>(
+                client,
+                &config.validating_configuration,
+                &encoded,
+            )
+            .await?;
     Ok(patched)
 }
 
-async fn inject<K>(
-    client: &Client,
-    name: &str,
-    encoded: &str,
-    webhooks: impl Fn(&K) -> Vec<(String, Option<ByteString>)>,
-) -> Result<usize, SelfSignedError>
+/// The webhooks of a configuration, as (name, current caBundle).
+trait WebhookBundles {
+    fn bundles(&self) -> Vec<(String, Option<ByteString>)>;
+}
+
+// The two configuration types have the same shape but no common trait.
+macro_rules! webhook_bundles {
+    ($($kind:ty),*) => {$(
+        impl WebhookBundles for $kind {
+            fn bundles(&self) -> Vec<(String, Option<ByteString>)> {
+                self.webhooks
+                    .iter()
+                    .flatten()
+                    .map(|w| (w.name.clone(), w.client_config.ca_bundle.clone()))
+                    .collect()
+            }
+        }
+    )*};
+}
+
+webhook_bundles!(MutatingWebhookConfiguration, ValidatingWebhookConfiguration);
+
+async fn inject<K>(client: &Client, name: &str, encoded: &str) -> Result<usize, SelfSignedError>
 where
-    K: k8s_openapi::Resource
+    K: WebhookBundles
+        + k8s_openapi::Resource
         + Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
         + Clone
         + DeserializeOwned
@@ -394,7 +395,7 @@ where
         .decode(encoded)
         .unwrap_or_default();
     let mut operations = Vec::new();
-    for (index, (webhook, current)) in webhooks(&configuration).into_iter().enumerate() {
+    for (index, (webhook, current)) in configuration.bundles().into_iter().enumerate() {
         if current.as_ref().map(|b| &b.0) == Some(&want) {
             continue;
         }

@@ -84,7 +84,7 @@ pub async fn admit(state: &WebhookState, req: &AdmissionRequest<Service>) -> Out
         let (decided, writes) = state.ledger.plan(req.dry_run, |snapshot| {
             let decided = decide_with_checks(req, &request, snapshot, &ctx);
             let writes = match &decided {
-                Ok((decision, _)) => plan_writes(&request, decision, snapshot, &ctx),
+                Ok((decision, _)) => plan_writes(&request, decision, snapshot),
                 Err(_) => Vec::new(),
             };
             (decided, writes)
