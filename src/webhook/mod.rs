@@ -207,6 +207,13 @@ where
         .try_into()
         .map_err(|_| "an AdmissionReview without a request".to_string())?;
     check_kind::<K>(Some(request.kind.kind.as_str()))?;
+    if request.types.api_version != "admission.k8s.io/v1" {
+        return Err(format!(
+            "only admission.k8s.io/v1 reviews are served, not {:?} (set \
+             admissionReviewVersions: [v1])",
+            request.types.api_version
+        ));
+    }
     Ok(request)
 }
 
@@ -222,19 +229,47 @@ fn check_kind<K: Resource<DynamicType = ()>>(kind: Option<&str>) -> Result<(), S
     }
 }
 
-/// Serialises the answer; the patch goes base64-encoded, as Kubernetes documents (kube's type
-/// would write it as an array of numbers).
+/// The answer as it goes on the wire.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: WireResponse<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse<'a> {
+    uid: &'a str,
+    allowed: bool,
+    status: &'a kube::core::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a Vec<String>>,
+}
+
+/// Serialises the answer in one pass. The patch goes base64-encoded, as Kubernetes documents
+/// (kube's response type would write it as an array of numbers).
 pub fn encode_review(response: AdmissionResponse) -> Vec<u8> {
-    let mut value = serde_json::to_value(response.into_review()).expect("review serialises");
-    if let Some(patch) = value.pointer_mut("/response/patch")
-        && let Some(bytes) = patch.as_array().map(|items| {
-            items
-                .iter()
-                .map(|b| b.as_u64().unwrap_or(0) as u8)
-                .collect::<Vec<u8>>()
-        })
-    {
-        *patch = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-    }
-    serde_json::to_vec(&value).expect("review serialises")
+    let patch = response
+        .patch
+        .as_ref()
+        .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
+    let wire = WireReview {
+        api_version: "admission.k8s.io/v1",
+        kind: "AdmissionReview",
+        response: WireResponse {
+            uid: &response.uid,
+            allowed: response.allowed,
+            status: &response.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            warnings: response.warnings.as_ref(),
+        },
+    };
+    serde_json::to_vec(&wire).expect("review serialises")
 }
