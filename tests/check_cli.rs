@@ -183,6 +183,13 @@ fn every_broken_case_fails_naming_its_problem() {
                 "127.0.0.1, a loopback address",
             ],
         ),
+        (
+            "unknown-field",
+            "unknown_field",
+            &[
+                "unknown-field/resources.yaml:12 (document 1): IPPool lan: unknown field spec.avoidBuggyIps (did you mean avoidBuggyIPs?)",
+            ],
+        ),
     ];
     let dir = root().join("examples/broken");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)

@@ -39,3 +39,96 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
 }
+
+/// Fields of a vipam object's `spec` that its CRD schema does not know, as paths with a hint
+/// (`spec.avoidBuggyIps (did you mean avoidBuggyIPs?)`). The API server would drop them (or
+/// refuse them with strict field validation), so a typo silently changes nothing.
+pub fn unknown_fields(kind: &str, object: &serde_json::Value) -> Vec<String> {
+    let Some(crd) = crds().into_iter().find(|c| c.spec.names.kind == kind) else {
+        return Vec::new();
+    };
+    let Some(schema) = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+    else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    if let (Some(spec_schema), Some(spec)) =
+        (schema.pointer("/properties/spec"), object.get("spec"))
+    {
+        unknown_in(spec_schema, spec, "spec", &mut found);
+    }
+    found
+}
+
+fn unknown_in(
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    path: &str,
+    found: &mut Vec<String>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let properties = schema.get("properties").and_then(|p| p.as_object());
+            let additional = schema.get("additionalProperties");
+            for (key, child) in map {
+                let child_path = format!("{path}.{key}");
+                match (properties.and_then(|p| p.get(key)), additional) {
+                    (Some(child_schema), _) => unknown_in(child_schema, child, &child_path, found),
+                    (None, Some(additional)) if additional.is_object() => {
+                        unknown_in(additional, child, &child_path, found)
+                    }
+                    (None, _) if properties.is_some() => {
+                        let hint = properties
+                            .and_then(|p| p.keys().find(|k| k.eq_ignore_ascii_case(key)))
+                            .map(|k| format!(" (did you mean {k}?)"))
+                            .unwrap_or_default();
+                        found.push(format!("{child_path}{hint}"));
+                    }
+                    (None, _) => {}
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (index, item) in items.iter().enumerate() {
+                    unknown_in(item_schema, item, &format!("{path}[{index}]"), found);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_found_with_hints() {
+        let pool = json!({
+            "spec": {
+                "blocks": [{"cidr": "192.0.2.0/24"}, {"start": "192.0.2.1", "stopp": "192.0.2.9"}],
+                "avoidBuggyIps": true,
+                "serviceSelector": {"matchLabels": {"any": "label"}},
+                "autoAssign": false
+            }
+        });
+        assert_eq!(
+            super::unknown_fields("IPPool", &pool),
+            vec![
+                "spec.avoidBuggyIps (did you mean avoidBuggyIPs?)".to_string(),
+                "spec.blocks[1].stopp".to_string(),
+            ]
+        );
+        let l2 = json!({"spec": {"ipPools": ["lan"], "interface": ["eth0"], "mode": "arp"}});
+        assert_eq!(
+            super::unknown_fields("L2Announcement", &l2),
+            vec!["spec.interface".to_string()]
+        );
+        assert!(super::unknown_fields("IPPool", &json!({"spec": {"blocks": []}})).is_empty());
+    }
+}

@@ -201,6 +201,26 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
             ));
             continue;
         }
+        if group == api::GROUP {
+            for field in api::unknown_fields(kind, &doc.value) {
+                let leaf = field
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("")
+                    .split([' ', '['])
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                report.problems.push(problem(
+                    "unknown_field",
+                    format!(
+                        "{kind} {}: unknown field {field}; the API server would drop or refuse it",
+                        object_name(doc)
+                    ),
+                    doc.source_at(&format!("{leaf}:")),
+                ));
+            }
+        }
         match (group, kind) {
             (api::GROUP, "IPPool") => load_pool(doc, &mut pools, &mut pool_sources, &mut report),
             (api::GROUP, "L2Announcement") => match L2Announcement::deserialize(&doc.value) {
