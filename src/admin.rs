@@ -37,12 +37,29 @@ pub struct PoolLabel {
     pub pool: String,
 }
 
+/// Labels of `vipam_controller_reconciles_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok`, or the short category of a failed write (`api_error`, `raced`, `not_leader`).
+    pub result: String,
+}
+
+/// Labels of `vipam_ledger_allocations`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// `Bound` or `Released`.
+    pub phase: String,
+}
+
 /// Every metric vipam exports.
 pub struct Metrics {
     registry: Registry,
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_seconds: Family<WebhookLabel, Histogram>,
     pub ledger_addresses: Family<PoolLabel, Gauge>,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub ledger_phases: Family<PhaseLabel, Gauge>,
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,11 +93,32 @@ impl Metrics {
             "IPAllocations (bound or released) per pool",
             ledger_addresses.clone(),
         );
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "controller_reconciles",
+            "Reconcile passes of the leader, by result",
+            reconciles.clone(),
+        );
+        let ledger_phases = Family::<PhaseLabel, Gauge>::default();
+        registry.register(
+            "ledger_allocations",
+            "IPAllocations by phase",
+            ledger_phases.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "controller_leader",
+            "1 while this replica holds the vipam-controller Lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
             admissions,
             admission_seconds,
             ledger_addresses,
+            reconciles,
+            ledger_phases,
+            leader,
         }
     }
 

@@ -1,12 +1,29 @@
 //! `vipam controller`: every replica serves the admission webhooks over TLS and the admin
-//! endpoints over plain HTTP. (Leader-elected reconcilers join this process later.)
+//! endpoints over plain HTTP; the replica holding the Lease `vipam-controller` also runs the
+//! reconcilers (Service status, the ledger's lifecycle, pool status). See docs/controller.md.
+
+pub mod clock;
+pub mod conditions;
+pub mod lease;
+pub mod reconcile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::{self, Metrics, PoolLabel, Readiness};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use self::clock::{SharedClock, SystemClock};
+use self::lease::{Elector, LeaderGate, LeaseConfig};
+use self::reconcile::{PassReport, Reconciler, ReconcilerConfig};
+use crate::admin::{self, Metrics, PhaseLabel, PoolLabel, Readiness, ResultLabel};
 use crate::cache::Caches;
 use crate::core::range::Family;
 use crate::core::request::RequestPolicy;
@@ -73,6 +90,20 @@ pub struct ControllerArgs {
     /// Family of single-stack Services that name none (the cluster's primary family).
     #[arg(long, env = "VIPAM_DEFAULT_FAMILY", default_value = "IPv4", value_parser = parse_family)]
     pub default_family: Family,
+    /// This replica's name in the leader Lease (the pod name); unset: the host name, or a
+    /// name made unique by process id and start time (two replicas must never share one).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long the leader's Lease stays valid without renewal (a standby takes over after it).
+    #[arg(long, env = "VIPAM_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews its Lease (and standbys try to take it). Keep it well under
+    /// --lease-duration.
+    #[arg(long, env = "VIPAM_LEASE_RENEW_PERIOD", default_value = "5s", value_parser = parse_duration)]
+    pub lease_renew_period: Duration,
+    /// Full reconciliation at least this often, besides every Service, pool or ledger change.
+    #[arg(long, env = "VIPAM_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
 }
 
 /// Parses `90s`, `10m`, `1h`, `500ms` or a plain number of seconds.
@@ -158,6 +189,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         caches_synced.store(true, std::sync::atomic::Ordering::Release);
     });
     spawn_ledger_gauges(caches.clone(), metrics.clone());
+    let _reconcilers = Reconcilers::spawn(
+        client.clone(),
+        caches.clone(),
+        LeaderSettings::from_args(&args),
+        Arc::new(SystemClock),
+        metrics.clone(),
+    );
 
     let tls_config = match &args.tls_dir {
         Some(dir) => {
@@ -189,6 +227,225 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
             addr: args.webhook_addr,
             source,
         })
+}
+
+/// Settings of the leader-elected reconcilers.
+#[derive(Debug, Clone)]
+pub struct LeaderSettings {
+    pub lease: LeaseConfig,
+    pub reconciler: ReconcilerConfig,
+    pub resync_interval: Duration,
+}
+
+impl LeaderSettings {
+    pub fn from_args(args: &ControllerArgs) -> LeaderSettings {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        LeaderSettings {
+            lease: LeaseConfig {
+                namespace: args.namespace.clone(),
+                name: lease::LEASE_NAME.into(),
+                identity: identity.clone(),
+                lease_duration: args.lease_duration,
+                renew_period: args.lease_renew_period,
+            },
+            reconciler: ReconcilerConfig {
+                policy: RequestPolicy {
+                    default_class: args.default_class,
+                    default_family: args.default_family,
+                },
+                sticky_release_secs: args.sticky_release.as_secs() as i64,
+                identity,
+            },
+            resync_interval: args.resync_interval,
+        }
+    }
+}
+
+fn default_identity() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| {
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("vipam-controller-{}-{started}", std::process::id())
+        })
+}
+
+/// The running election, Service watch and reconcile loop; stopped when dropped.
+pub struct Reconcilers {
+    pub gate: LeaderGate,
+    pub reconciler: Arc<Reconciler>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Reconcilers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Reconcilers {
+    /// Starts leader election on the Lease, a Service watch, and the loop that runs a pass
+    /// while leading: on every Service event, pool or L2Announcement change, leadership gain,
+    /// and every resync interval (which also catches ledger-only changes and expiries).
+    pub fn spawn(
+        client: kube::Client,
+        caches: Caches,
+        settings: LeaderSettings,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Reconcilers {
+        let gate = LeaderGate::new(clock.clone());
+        let elector = Elector::new(client.clone(), settings.lease.clone(), gate.clone());
+        let mut tasks = vec![tokio::spawn(elector.run())];
+        let (services, changed, watch) = watch_services(client.clone());
+        tasks.push(watch);
+        let reconciler = Arc::new(Reconciler::new(
+            client,
+            caches.clone(),
+            services.clone(),
+            settings.reconciler,
+            clock,
+            gate.clone(),
+        ));
+        tasks.push(tokio::spawn(reconcile_loop(
+            reconciler.clone(),
+            caches,
+            services,
+            changed,
+            gate.clone(),
+            settings.resync_interval,
+            metrics,
+        )));
+        Reconcilers {
+            gate,
+            reconciler,
+            tasks,
+        }
+    }
+}
+
+/// A store of every Service, kept by a watch that tolerates malformed objects; the Notify
+/// fires on every change after the first list.
+pub fn watch_services(
+    client: kube::Client,
+) -> (
+    Store<DeserializeGuard<Service>>,
+    Arc<Notify>,
+    JoinHandle<()>,
+) {
+    let (services, writer) = reflector::store::<DeserializeGuard<Service>>();
+    let changed = Arc::new(Notify::new());
+    let task = spawn_service_watch(client, writer, changed.clone());
+    (services, changed, task)
+}
+
+fn spawn_service_watch(
+    client: kube::Client,
+    writer: reflector::store::Writer<DeserializeGuard<Service>>,
+    changed: Arc<Notify>,
+) -> JoinHandle<()> {
+    let api: kube::Api<DeserializeGuard<Service>> = kube::Api::all(client);
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Apply(DeserializeGuard(Err(invalid))))
+                | Ok(watcher::Event::InitApply(DeserializeGuard(Err(invalid)))) => {
+                    tracing::warn!(kind = "Service", name = %invalid.metadata.name.clone().unwrap_or_default(), error = %invalid.error, "skipping a malformed object");
+                }
+                // A relist in progress is not a change worth a pass (the store swaps at its end).
+                Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => {}
+                Ok(_) => changed.notify_one(),
+                Err(err) => {
+                    tracing::warn!(kind = "Service", error = %err, "watch error; retrying with backoff")
+                }
+            }
+        }
+    })
+}
+
+fn record_pass(metrics: &Metrics, report: &PassReport, caches: &Caches, leading: bool) {
+    metrics.leader.set(i64::from(leading));
+    if report.not_leader {
+        return;
+    }
+    tracing::debug!(writes = report.writes, events = report.events, failures = ?report.failures, "reconcile pass");
+    let result = report.failures.keys().next().copied().unwrap_or("ok");
+    metrics
+        .reconciles
+        .get_or_create(&ResultLabel {
+            result: result.into(),
+        })
+        .inc();
+    let (mut bound, mut released) = (0, 0);
+    for entry in caches.ledger.lock().ledger.entries() {
+        if entry.is_released() {
+            released += 1;
+        } else {
+            bound += 1;
+        }
+    }
+    for (phase, count) in [("Bound", bound), ("Released", released)] {
+        metrics
+            .ledger_phases
+            .get_or_create(&PhaseLabel {
+                phase: phase.into(),
+            })
+            .set(count);
+    }
+}
+
+async fn reconcile_loop(
+    reconciler: Arc<Reconciler>,
+    caches: Caches,
+    services: Store<DeserializeGuard<Service>>,
+    changed: Arc<Notify>,
+    gate: LeaderGate,
+    resync: Duration,
+    metrics: Arc<Metrics>,
+) {
+    // Deciding before every cache listed once could release what it has not seen yet.
+    while !caches.is_synced() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = services.wait_until_ready().await;
+    let mut leadership = gate.subscribe();
+    loop {
+        let generation = caches.generation.load(std::sync::atomic::Ordering::Acquire);
+        let report = reconciler.pass().await;
+        record_pass(&metrics, &report, &caches, gate.is_leader());
+        let caches_moved = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if caches.generation.load(std::sync::atomic::Ordering::Acquire) != generation {
+                    return;
+                }
+            }
+        };
+        // Failed writes are retried soon (backoff), not only at the next resync.
+        let wait = if report.failures.is_empty() {
+            resync
+        } else {
+            resync.min(Duration::from_secs(1))
+        };
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = leadership.changed() => {}
+            _ = caches_moved => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // Bursts of events make one pass.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn now_secs() -> i64 {

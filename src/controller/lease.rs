@@ -1,0 +1,215 @@
+//! Leader election on a coordination.k8s.io Lease, written by hand: create, or replace with the
+//! resourceVersion read (optimistic concurrency makes two candidates race safely).
+//!
+//! Only the leader runs the reconcilers. Leadership is checked before every write and lapses
+//! on its own when the lease is not renewed in time: a leader that cannot renew stops writing
+//! at once, before anyone else may take the lease over.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+
+use super::clock::SharedClock;
+
+/// Name of the controller's Lease.
+pub const LEASE_NAME: &str = "vipam-controller";
+
+/// Settings of one candidate.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// This replica (the pod name).
+    pub identity: String,
+    /// How long a lease is valid after its last renewal.
+    pub lease_duration: Duration,
+    /// How often the leader renews (and candidates retry).
+    pub renew_period: Duration,
+}
+
+/// Why a lease round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("Lease {name}: {source}")]
+    Api {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl LeaseError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            LeaseError::Api { .. } => "api_error",
+        }
+    }
+}
+
+/// Whether this replica may write now; shared by every writer.
+#[derive(Clone)]
+pub struct LeaderGate {
+    clock: SharedClock,
+    /// Unix milliseconds until which the lease is ours; 0 when not leading.
+    valid_until: Arc<AtomicI64>,
+    changes: watch::Sender<bool>,
+}
+
+impl LeaderGate {
+    pub fn new(clock: SharedClock) -> LeaderGate {
+        LeaderGate {
+            clock,
+            valid_until: Arc::new(AtomicI64::new(0)),
+            changes: watch::channel(false).0,
+        }
+    }
+
+    /// A gate that always leads (a single replica, tests and benchmarks of the reconciler).
+    pub fn always(clock: SharedClock) -> LeaderGate {
+        let gate = LeaderGate::new(clock);
+        gate.hold_until(i64::MAX);
+        gate
+    }
+
+    /// Whether this replica leads now (its lease is held and not yet due).
+    pub fn is_leader(&self) -> bool {
+        self.clock.now_millis() < self.valid_until.load(Ordering::Acquire)
+    }
+
+    /// Leadership changes (true = gained), for waking the reconcilers.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.changes.subscribe()
+    }
+
+    fn hold_until(&self, millis: i64) {
+        self.valid_until.store(millis, Ordering::Release);
+        self.changes
+            .send_if_modified(|leading| !std::mem::replace(leading, true));
+    }
+
+    fn lose(&self) {
+        self.valid_until.store(0, Ordering::Release);
+        self.changes
+            .send_if_modified(|leading| std::mem::replace(leading, false));
+    }
+}
+
+fn micro_time(millis: i64) -> MicroTime {
+    MicroTime(Timestamp::from_millisecond(millis).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// One candidate for the Lease.
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    gate: LeaderGate,
+}
+
+impl Elector {
+    pub fn new(client: Client, config: LeaseConfig, gate: LeaderGate) -> Elector {
+        Elector {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            gate,
+        }
+    }
+
+    /// Acquires or renews the lease once; updates the gate. Any failure ends leadership at once
+    /// (a leader unsure of its lease must not write).
+    pub async fn round(&self) -> Result<bool, LeaseError> {
+        let started = self.gate.clock.now_millis();
+        match self.try_hold(started).await {
+            Ok(true) => {
+                let duration = self.config.lease_duration.as_millis() as i64;
+                // Measured from before the request: the lease may have been written at its start.
+                self.gate.hold_until(started + duration);
+                Ok(true)
+            }
+            Ok(false) => {
+                self.gate.lose();
+                Ok(false)
+            }
+            Err(err) => {
+                self.gate.lose();
+                Err(err)
+            }
+        }
+    }
+
+    async fn try_hold(&self, now: i64) -> Result<bool, LeaseError> {
+        let name = &self.config.name;
+        let api_error = |source| LeaseError::Api {
+            name: name.clone(),
+            source,
+        };
+        let duration_secs = self.config.lease_duration.as_secs().max(1) as i32;
+        let Some(mut lease) = self.api.get_opt(name).await.map_err(api_error)? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.config.identity.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(micro_time(now)),
+                    renew_time: Some(micro_time(now)),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(source) => Err(api_error(source)),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let mine = holder == self.config.identity;
+        let renewed = spec.renew_time.as_ref().map_or(0, |t| t.0.as_millisecond());
+        let held_for = spec.lease_duration_seconds.unwrap_or(0) as i64 * 1000;
+        let expired = renewed.saturating_add(held_for) <= now;
+        if !mine && !holder.is_empty() && !expired {
+            return Ok(false);
+        }
+        if !mine {
+            spec.holder_identity = Some(self.config.identity.clone());
+            spec.acquire_time = Some(micro_time(now));
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.renew_time = Some(micro_time(now));
+        spec.lease_duration_seconds = Some(duration_secs);
+        // The resourceVersion read makes this a compare-and-swap.
+        match self.api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(source) => Err(api_error(source)),
+        }
+    }
+
+    /// Runs rounds every renew period until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            let was = self.gate.is_leader();
+            match self.round().await {
+                Ok(now) if now != was => {
+                    tracing::info!(identity = %self.config.identity, leader = now, "leadership changed")
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, label = err.metric_label(), "lease round failed; not leading")
+                }
+            }
+            tokio::time::sleep(self.config.renew_period).await;
+        }
+    }
+}

@@ -1,0 +1,1027 @@
+//! The leader's reconcilers, as one level-triggered pass over the caches: the ledger's
+//! lifecycle (leaves, release, expiry, orphans), Services' status and conditions, and the status
+//! of IPPools and L2Announcements. Every decision comes from `core`; a pass writes only what
+//! differs from what is stored, so a correct cluster costs zero writes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use super::clock::SharedClock;
+use super::conditions::{self, ALLOCATED, ANNOUNCED, CONFLICT, ORPHANED, READY, Wanted};
+use super::lease::LeaderGate;
+use crate::api::{
+    AllocationPhase, IPAllocation, IPPool, L2Announcement, LabelSelectorExt, allocation_object,
+    l2_pool_names, pool_spec, service_view, time_from_seconds,
+};
+use crate::cache::{Caches, valid};
+use crate::core::allocate::{Context, Decision, Denial, How, Ledger, LedgerEntry};
+use crate::core::lifecycle::{decide_adopting, needs_decision, stale_holdings};
+use crate::core::names::allocation_name;
+use crate::core::pool::{Pool, PoolSet};
+use crate::core::range::Family;
+use crate::core::request::{Request, RequestError, RequestPolicy, ServiceRef, format_ip_list};
+use crate::webhook::ledger::{LedgerView, WriteError, plan_writes};
+
+/// Field manager of the controller's writes.
+pub const FIELD_MANAGER: &str = "vipam-controller";
+
+/// How many times one Service's allocation is retried after losing races in one pass.
+const MAX_ATTEMPTS: usize = 8;
+
+/// What the reconcilers need to know.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    pub policy: RequestPolicy,
+    pub sticky_release_secs: i64,
+    /// This replica (Events' reporting instance).
+    pub identity: String,
+}
+
+/// Why one write of a pass failed (the pass goes on; the next one retries).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Ledger(#[from] WriteError),
+    #[error("allocating for Service {service}: lost {attempts} races in a row; retried next pass")]
+    Contention {
+        service: ServiceRef,
+        attempts: usize,
+    },
+    #[error("this replica stopped leading")]
+    NotLeader,
+}
+
+impl ReconcileError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Api { .. } => "api_error",
+            ReconcileError::Ledger(err) => err.metric_label(),
+            ReconcileError::Contention { .. } => "contention",
+            ReconcileError::NotLeader => "not_leader",
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// The pass did not run: this replica does not lead.
+    pub not_leader: bool,
+    /// Objects written (creates, replaces, patches, deletes), Events excluded.
+    pub writes: usize,
+    pub events: usize,
+    /// Writes that failed (retried by the next pass), by metric label.
+    pub failures: BTreeMap<&'static str, usize>,
+}
+
+impl PassReport {
+    fn failed(&mut self, err: &ReconcileError) {
+        tracing::warn!(error = %err, label = err.metric_label(), "reconcile write failed; retried next pass");
+        *self.failures.entry(err.metric_label()).or_default() += 1;
+    }
+}
+
+/// The leader's reconcilers.
+pub struct Reconciler {
+    client: Client,
+    caches: Caches,
+    ledger: LedgerView,
+    services: Store<DeserializeGuard<Service>>,
+    config: ReconcilerConfig,
+    clock: SharedClock,
+    gate: LeaderGate,
+    recorder: Recorder,
+    allocations: Api<IPAllocation>,
+}
+
+/// One Service as read in a pass.
+struct Seen {
+    service: Service,
+    request: Result<Option<Request>, RequestError>,
+}
+
+fn service_reference(service: &ServiceRef) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(service.namespace.clone()),
+        name: Some(service.name.clone()),
+        ..ObjectReference::default()
+    }
+}
+
+fn ingress_ips(service: &Service) -> Vec<IpAddr> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+fn ingress_modes(service: &Service) -> Vec<(Option<String>, Option<String>)> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|i| (i.ip.clone(), i.ip_mode.clone()))
+        .collect()
+}
+
+fn service_conditions(service: &Service) -> Vec<Condition> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+}
+
+fn duration_text(secs: i64) -> String {
+    if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+impl Reconciler {
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        services: Store<DeserializeGuard<Service>>,
+        config: ReconcilerConfig,
+        clock: SharedClock,
+        gate: LeaderGate,
+    ) -> Reconciler {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(config.identity.clone()),
+            },
+        );
+        Reconciler {
+            ledger: LedgerView::new(client.clone(), caches.clone()),
+            allocations: Api::all(client.clone()),
+            client,
+            caches,
+            services,
+            config,
+            clock,
+            gate,
+            recorder,
+        }
+    }
+
+    fn context(&self) -> Context {
+        Context {
+            now: self.clock.now_secs(),
+            sticky_release_secs: self.config.sticky_release_secs,
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), ReconcileError> {
+        if self.gate.is_leader() {
+            Ok(())
+        } else {
+            Err(ReconcileError::NotLeader)
+        }
+    }
+
+    async fn event(
+        &self,
+        report: &mut PassReport,
+        service: &ServiceRef,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        if !self.gate.is_leader() {
+            return;
+        }
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        match self
+            .recorder
+            .publish(&event, &service_reference(service))
+            .await
+        {
+            Ok(()) => report.events += 1,
+            Err(err) => {
+                tracing::warn!(%service, reason, error = %err, "publishing an Event failed")
+            }
+        }
+    }
+
+    /// One reconciliation of everything; writes only what differs.
+    pub async fn pass(&self) -> PassReport {
+        let mut report = PassReport::default();
+        if !self.gate.is_leader() {
+            report.not_leader = true;
+            return report;
+        }
+        let ctx = self.context();
+        let mut seen: BTreeMap<ServiceRef, Seen> = BTreeMap::new();
+        for service in valid(&self.services) {
+            let view = service_view(&service);
+            let request = view.request(&self.config.policy);
+            seen.insert(view.service_ref(), Seen { service, request });
+        }
+        self.leave_stale(&seen, &ctx, &mut report).await;
+        self.expire(&ctx, &mut report).await;
+        for (service, item) in &seen {
+            if let Err(err) = self
+                .reconcile_service(service, item, &ctx, &mut report)
+                .await
+            {
+                report.failed(&err);
+            }
+        }
+        self.allocation_status(&ctx, &mut report).await;
+        self.pool_status(&ctx, &mut report).await;
+        self.l2_status(&ctx, &mut report).await;
+        report
+    }
+
+    /// Services that are gone, not ours, or whose pin moved leave their addresses.
+    async fn leave_stale(
+        &self,
+        seen: &BTreeMap<ServiceRef, Seen>,
+        ctx: &Context,
+        report: &mut PassReport,
+    ) {
+        let mut leaving: BTreeMap<IpAddr, Vec<ServiceRef>> = BTreeMap::new();
+        {
+            let state = self.caches.ledger.lock();
+            let mut holders: BTreeMap<&ServiceRef, Vec<IpAddr>> = BTreeMap::new();
+            for entry in state.ledger.entries().filter(|e| !e.is_released()) {
+                for member in &entry.members {
+                    holders.entry(&member.service).or_default().push(entry.ip);
+                }
+            }
+            for (service, held) in holders {
+                let request = match seen.get(service) {
+                    None => None,
+                    Some(Seen {
+                        request: Ok(request),
+                        ..
+                    }) => request.as_ref(),
+                    // An unreadable request keeps what it holds until it is fixed.
+                    Some(Seen {
+                        request: Err(_), ..
+                    }) => continue,
+                };
+                for ip in stale_holdings(request, &held) {
+                    leaving.entry(ip).or_default().push(service.clone());
+                }
+            }
+        }
+        for (ip, services) in leaving {
+            let mut gone = Vec::new();
+            for service in services {
+                // The cache may lag behind a Service just admitted: only the API says "gone".
+                if !seen.contains_key(&service) && !self.confirm_gone(&service, report).await {
+                    continue;
+                }
+                gone.push(service);
+            }
+            if gone.is_empty() {
+                continue;
+            }
+            match self.leave(ip, &gone, ctx, report).await {
+                Ok(()) => {
+                    for service in &gone {
+                        let note = format!(
+                            "{ip} released; it stays reserved for {service} for {}",
+                            duration_text(ctx.sticky_release_secs)
+                        );
+                        self.event(report, service, false, "IPReleased", note).await;
+                    }
+                }
+                Err(err) => report.failed(&err),
+            }
+        }
+    }
+
+    async fn confirm_gone(&self, service: &ServiceRef, report: &mut PassReport) -> bool {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &service.namespace);
+        match api.get_opt(&service.name).await {
+            Ok(found) => found.is_none(),
+            Err(source) => {
+                report.failed(&ReconcileError::Api {
+                    what: format!("reading Service {service}"),
+                    source,
+                });
+                false
+            }
+        }
+    }
+
+    /// `services` leave the entry at `ip`; an entry left empty becomes Released.
+    async fn leave(
+        &self,
+        ip: IpAddr,
+        services: &[ServiceRef],
+        ctx: &Context,
+        report: &mut PassReport,
+    ) -> Result<(), ReconcileError> {
+        let (entry, object) = {
+            let state = self.caches.ledger.lock();
+            match (state.ledger.get(&ip), state.objects.get(&ip)) {
+                (Some(entry), Some(object)) => (entry.clone(), object.clone()),
+                _ => return Ok(()),
+            }
+        };
+        let mut scratch = Ledger::from_entries([entry.clone()]);
+        for service in services {
+            scratch.leave(&ip, service, ctx);
+        }
+        let Some(left) = scratch.get(&ip).cloned() else {
+            return Ok(());
+        };
+        let name = allocation_name(&ip);
+        let mut stored = object;
+        if left.members != entry.members {
+            self.ensure_leader()?;
+            let mut replacement = stored.clone();
+            replacement.spec = allocation_object(&left).spec;
+            stored = self
+                .allocations
+                .replace(&name, &PostParams::default(), &replacement)
+                .await
+                .map_err(|source| ReconcileError::Api {
+                    what: format!("updating IPAllocation {name}"),
+                    source,
+                })?;
+            report.writes += 1;
+        }
+        if left.is_released() {
+            self.ensure_leader()?;
+            let patch = json!({
+                "metadata": {"resourceVersion": stored.metadata.resource_version},
+                "status": {
+                    "phase": "Released",
+                    "releasedAt": left.released_at.map(time_from_seconds),
+                }
+            });
+            stored = self
+                .allocations
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| ReconcileError::Api {
+                    what: format!("releasing IPAllocation {name}"),
+                    source,
+                })?;
+            report.writes += 1;
+        }
+        self.caches.ledger.lock().apply(stored);
+        Ok(())
+    }
+
+    /// Released entries whose reservation ran out are deleted: this is the only garbage
+    /// collector of IPAllocations (cluster-scoped, they cannot have namespaced owners).
+    async fn expire(&self, ctx: &Context, report: &mut PassReport) {
+        let expired: Vec<(IpAddr, Option<String>)> = {
+            let state = self.caches.ledger.lock();
+            let mut scratch =
+                Ledger::from_entries(state.ledger.entries().filter(|e| e.is_released()).cloned());
+            scratch
+                .expire(ctx)
+                .into_iter()
+                .map(|ip| {
+                    let rv = state
+                        .objects
+                        .get(&ip)
+                        .and_then(|o| o.metadata.resource_version.clone());
+                    (ip, rv)
+                })
+                .collect()
+        };
+        for (ip, resource_version) in expired {
+            if !self.gate.is_leader() {
+                return;
+            }
+            let name = allocation_name(&ip);
+            // The resourceVersion precondition keeps a reclaim that raced this pass.
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version,
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match self.allocations.delete(&name, &params).await {
+                Ok(_) => {
+                    report.writes += 1;
+                    self.caches.ledger.lock().delete(&name);
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    self.caches.ledger.lock().delete(&name);
+                }
+                Err(source) => report.failed(&ReconcileError::Api {
+                    what: format!("deleting IPAllocation {name}"),
+                    source,
+                }),
+            }
+        }
+    }
+
+    /// Bound allocations get `phase: Bound` (the webhook creates them without status), and
+    /// those outside every pool are reported (condition + Event) and kept.
+    async fn allocation_status(&self, ctx: &Context, report: &mut PassReport) {
+        struct Change {
+            name: String,
+            orphaned: Option<Wanted>,
+            existing: Vec<Condition>,
+            services: Vec<ServiceRef>,
+        }
+        let changes: Vec<Change> = self.ledger.read(|snapshot| {
+            snapshot
+                .ledger
+                .entries()
+                .filter(|e| !e.is_released())
+                .filter_map(|entry| {
+                    let object = snapshot.objects.get(&entry.ip)?;
+                    let status = object.status.clone().unwrap_or_default();
+                    let set_phase = status.phase != Some(AllocationPhase::Bound);
+                    let outside = snapshot.pools.pool_of(&entry.ip).is_none();
+                    let was_marked = status.conditions.iter().any(|c| c.type_ == ORPHANED);
+                    let orphaned = if outside {
+                        Some(Wanted::new(
+                            ORPHANED,
+                            true,
+                            "OutsidePools",
+                            format!(
+                                "{} lies outside every IPPool (it came from IPPool {}); it is \
+                                 kept for its Services, never renumbered: add it back to a \
+                                 pool, or pin the Services elsewhere",
+                                entry.ip, entry.pool
+                            ),
+                        ))
+                    } else if was_marked {
+                        Some(Wanted::new(
+                            ORPHANED,
+                            false,
+                            "InPool",
+                            "the address is in a pool again",
+                        ))
+                    } else {
+                        None
+                    }
+                    .filter(|w| !w.is_met_by(&status.conditions, None));
+                    if !set_phase && orphaned.is_none() {
+                        return None;
+                    }
+                    Some(Change {
+                        name: object.name_any(),
+                        orphaned,
+                        existing: status.conditions,
+                        services: entry.members.iter().map(|m| m.service.clone()).collect(),
+                    })
+                })
+                .collect()
+        });
+        for change in changes {
+            if !self.gate.is_leader() {
+                return;
+            }
+            let mut status = json!({"phase": "Bound"});
+            if let Some(wanted) = &change.orphaned {
+                status["conditions"] = json!(conditions::merged(
+                    std::slice::from_ref(wanted),
+                    &change.existing,
+                    None,
+                    ctx.now,
+                ));
+            }
+            let name = &change.name;
+            match self
+                .allocations
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"status": status})),
+                )
+                .await
+            {
+                Ok(stored) => {
+                    report.writes += 1;
+                    self.caches.ledger.lock().apply(stored);
+                    if let Some(wanted) = change.orphaned.filter(|w| w.status) {
+                        for service in &change.services {
+                            self.event(report, service, true, "Orphaned", wanted.message.clone())
+                                .await;
+                        }
+                    }
+                }
+                Err(source) => report.failed(&ReconcileError::Api {
+                    what: format!("writing the status of IPAllocation {name}"),
+                    source,
+                }),
+            }
+        }
+    }
+
+    /// Allocates when needed, then brings the Service's status and conditions up to date.
+    async fn reconcile_service(
+        &self,
+        service: &ServiceRef,
+        item: &Seen,
+        ctx: &Context,
+        report: &mut PassReport,
+    ) -> Result<(), ReconcileError> {
+        let request = match &item.request {
+            // Not ours: never read for allocation, never written.
+            Ok(None) => return Ok(()),
+            Ok(Some(request)) => request,
+            Err(err) => {
+                let held = self.caches.ledger.lock().ledger.bound_to(service);
+                let wanted = vec![if held.is_empty() {
+                    Wanted::new(ALLOCATED, false, err.metric_label(), err.to_string())
+                } else {
+                    kept_previous(&held, &err.to_string())
+                }];
+                let ips = (!held.is_empty()).then_some(held);
+                return self
+                    .write_service_status(service, &item.service, ips, wanted, ctx, report)
+                    .await;
+            }
+        };
+        if service.name.is_empty() {
+            return Ok(());
+        }
+        let allocated = self.allocate(request, &item.service, ctx, report).await?;
+        let (ips, wanted) = match allocated {
+            Ok(decision) => {
+                for dropped in &decision.dropped {
+                    self.leave(*dropped, std::slice::from_ref(service), ctx, report)
+                        .await?;
+                }
+                self.wanted_conditions(request)
+            }
+            Err(denial) => {
+                let held = self.caches.ledger.lock().ledger.bound_to(service);
+                let mut wanted = vec![Wanted::new(
+                    ALLOCATED,
+                    false,
+                    denial.kind.metric_label(),
+                    denial.message.clone(),
+                )];
+                if !held.is_empty() {
+                    wanted = vec![kept_previous(&held, &denial.message)];
+                }
+                (held, wanted)
+            }
+        };
+        let ips = (!ips.is_empty()).then_some(ips);
+        self.write_service_status(service, &item.service, ips, wanted, ctx, report)
+            .await
+    }
+
+    /// Records the Service's addresses in the ledger if it does not hold them already
+    /// (webhook bypassed, an outage, Services older than vipam), adopting addresses it shows.
+    async fn allocate(
+        &self,
+        request: &Request,
+        service: &Service,
+        ctx: &Context,
+        report: &mut PassReport,
+    ) -> Result<Result<Decision, Denial>, ReconcileError> {
+        let held = self.caches.ledger.lock().ledger.bound_to(&request.service);
+        if !needs_decision(request, &held) {
+            return Ok(Ok(Decision::default()));
+        }
+        let found = ingress_ips(service);
+        for _ in 0..MAX_ATTEMPTS {
+            self.ensure_leader()?;
+            let (decided, writes) = self.ledger.plan(false, |snapshot| {
+                match decide_adopting(request, &found, snapshot.pools, snapshot.ledger, ctx) {
+                    Ok((decision, used)) => {
+                        let unchanged = decision.dropped.is_empty()
+                            && decision.assignments.iter().all(|a| a.how == How::Kept);
+                        let writes = if unchanged {
+                            Vec::new()
+                        } else {
+                            plan_writes(&used, &decision, snapshot)
+                        };
+                        (Ok(decision), writes)
+                    }
+                    Err(denial) => (Err(denial), Vec::new()),
+                }
+            });
+            let count = writes.len();
+            match self.ledger.execute(&writes).await {
+                Ok(()) => {
+                    report.writes += count;
+                    return Ok(decided);
+                }
+                Err(WriteError::Raced(_)) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(ReconcileError::Contention {
+            service: request.service.clone(),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// The Service's addresses (in its family order) and its Allocated/Announced conditions.
+    fn wanted_conditions(&self, request: &Request) -> (Vec<IpAddr>, Vec<Wanted>) {
+        self.ledger.read(|snapshot| {
+            let mut held: Vec<&LedgerEntry> = snapshot
+                .ledger
+                .entries_of(&request.service)
+                .filter(|e| !e.is_released())
+                .collect();
+            held.sort_by_key(|e| {
+                request
+                    .families
+                    .iter()
+                    .position(|f| *f == Family::of(&e.ip))
+                    .unwrap_or(usize::MAX)
+            });
+            let ips: Vec<IpAddr> = held.iter().map(|e| e.ip).collect();
+            let orphans: Vec<String> = held
+                .iter()
+                .filter(|e| snapshot.pools.pool_of(&e.ip).is_none())
+                .map(|e| e.ip.to_string())
+                .collect();
+            let allocated = if orphans.is_empty() {
+                let from = held
+                    .iter()
+                    .map(|e| format!("{} from IPPool {}", e.ip, e.pool))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Wanted::new(ALLOCATED, true, "Allocated", from)
+            } else {
+                Wanted::new(
+                    ALLOCATED,
+                    true,
+                    "Orphaned",
+                    format!(
+                        "{} outside every IPPool; kept, never renumbered (add it back to a pool)",
+                        orphans.join(", ")
+                    ),
+                )
+            };
+            let mut pending = Vec::new();
+            let mut announced = Vec::new();
+            for entry in &held {
+                let announcer = snapshot
+                    .objects
+                    .get(&entry.ip)
+                    .and_then(|o| o.status.as_ref())
+                    .and_then(|s| s.announcer.as_ref());
+                match announcer {
+                    Some(a) => announced.push(format!(
+                        "{} by node {} on interface {}",
+                        entry.ip, a.node, a.interface
+                    )),
+                    None => {
+                        let covered = snapshot.l2announcements.iter().any(|l2| {
+                            let pools = l2_pool_names(l2);
+                            pools.is_empty() || pools.contains(&entry.pool)
+                        });
+                        pending.push((entry.ip, entry.pool.clone(), covered));
+                    }
+                }
+            }
+            let announced = if pending.is_empty() {
+                Wanted::new(ANNOUNCED, true, "Announced", announced.join(", "))
+            } else if let Some((ip, pool, _)) = pending.iter().find(|(_, _, covered)| !covered) {
+                Wanted::new(
+                    ANNOUNCED,
+                    false,
+                    "NoL2Announcement",
+                    format!(
+                        "no L2Announcement selects IPPool {pool}, so nothing announces {ip}; \
+                         create one that lists the pool (or lists no pools)"
+                    ),
+                )
+            } else {
+                let ips: Vec<IpAddr> = pending.iter().map(|(ip, _, _)| *ip).collect();
+                Wanted::new(
+                    ANNOUNCED,
+                    false,
+                    "Pending",
+                    format!(
+                        "waiting for a vipam agent to announce {}",
+                        format_ip_list(&ips)
+                    ),
+                )
+            };
+            (ips, vec![allocated, announced])
+        })
+    }
+
+    /// Writes `status.loadBalancer.ingress` (when `ips` is given) and the conditions through
+    /// the status subresource, only when they differ from what is stored.
+    async fn write_service_status(
+        &self,
+        service: &ServiceRef,
+        object: &Service,
+        ips: Option<Vec<IpAddr>>,
+        wanted: Vec<Wanted>,
+        ctx: &Context,
+        report: &mut PassReport,
+    ) -> Result<(), ReconcileError> {
+        let existing = service_conditions(object);
+        let ingress: Option<Vec<(Option<String>, Option<String>)>> = ips.as_ref().map(|ips| {
+            ips.iter()
+                .map(|ip| (Some(ip.to_string()), Some("VIP".to_string())))
+                .collect()
+        });
+        let ingress_changed = ingress
+            .as_ref()
+            .is_some_and(|wanted| *wanted != ingress_modes(object));
+        let generation = object.metadata.generation;
+        if !ingress_changed && conditions::all_met(&wanted, &existing, generation) {
+            return Ok(());
+        }
+        self.ensure_leader()?;
+        let conditions: Vec<Condition> = wanted
+            .iter()
+            .map(|w| w.build(&existing, generation, ctx.now))
+            .collect();
+        let mut status = json!({"conditions": conditions});
+        if let Some(ips) = &ips {
+            status["loadBalancer"] = json!({
+                "ingress": ips
+                    .iter()
+                    .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+                    .collect::<Vec<_>>()
+            });
+        }
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &service.namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        // Strategic merge: conditions merge by type, so other writers' conditions stay.
+        api.patch_status(
+            &service.name,
+            &params,
+            &Patch::Strategic(json!({"status": status})),
+        )
+        .await
+        .map_err(|source| ReconcileError::Api {
+            what: format!("writing the status of Service {service}"),
+            source,
+        })?;
+        report.writes += 1;
+        let allocated = wanted.iter().find(|w| w.type_ == ALLOCATED);
+        if let Some(allocated) = allocated
+            && !allocated.is_met_by(&existing, generation)
+            && (!allocated.status || allocated.reason == KEPT_PREVIOUS)
+        {
+            self.event(
+                report,
+                service,
+                true,
+                "AllocationFailed",
+                allocated.message.clone(),
+            )
+            .await;
+        }
+        if ingress_changed && let Some(ips) = &ips {
+            let note = format!("assigned {}", format_ip_list(ips));
+            self.event(report, service, false, "IPAllocated", note)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// IPPool status: capacity, allocated, available, Ready, Conflict, observedGeneration.
+    async fn pool_status(&self, ctx: &Context, report: &mut PassReport) {
+        let pools = valid(&self.caches.pools);
+        let updates: Vec<(String, serde_json::Value)> = self.ledger.read(|snapshot| {
+            pools
+                .iter()
+                .filter_map(|pool| pool_update(pool, snapshot.pools, snapshot.ledger, ctx))
+                .collect()
+        });
+        let api: Api<IPPool> = Api::all(self.client.clone());
+        for (name, status) in updates {
+            if !self.gate.is_leader() {
+                return;
+            }
+            match api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({ "status": status })),
+                )
+                .await
+            {
+                Ok(_) => report.writes += 1,
+                Err(source) => report.failed(&ReconcileError::Api {
+                    what: format!("writing the status of IPPool {name}"),
+                    source,
+                }),
+            }
+        }
+    }
+
+    /// L2Announcement status: Ready, or which selector or interface pattern is invalid.
+    async fn l2_status(&self, ctx: &Context, report: &mut PassReport) {
+        let api: Api<L2Announcement> = Api::all(self.client.clone());
+        for l2 in valid(&self.caches.l2announcements) {
+            let Some(status) = l2_update(&l2, ctx) else {
+                continue;
+            };
+            if !self.gate.is_leader() {
+                return;
+            }
+            let name = l2.name_any();
+            match api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({ "status": status })),
+                )
+                .await
+            {
+                Ok(_) => report.writes += 1,
+                Err(source) => report.failed(&ReconcileError::Api {
+                    what: format!("writing the status of L2Announcement {name}"),
+                    source,
+                }),
+            }
+        }
+    }
+}
+
+const KEPT_PREVIOUS: &str = "KeptPrevious";
+
+/// The Service keeps what it holds; only its new request cannot be met.
+fn kept_previous(held: &[IpAddr], why: &str) -> Wanted {
+    Wanted::new(
+        ALLOCATED,
+        true,
+        KEPT_PREVIOUS,
+        format!(
+            "keeps {}; the requested change cannot be made: {why}",
+            format_ip_list(held)
+        ),
+    )
+}
+
+/// The status an IPPool should have, when it differs from the stored one.
+fn pool_update(
+    pool: &IPPool,
+    pools: &PoolSet,
+    ledger: &Ledger,
+    ctx: &Context,
+) -> Option<(String, serde_json::Value)> {
+    let name = pool.name_any();
+    let generation = pool.metadata.generation;
+    let stored = pool.status.clone().unwrap_or_default();
+    let parsed: Result<Pool, String> = pool_spec(pool)
+        .map_err(|e| e.message)
+        .and_then(|spec| Pool::parse(spec).map_err(|e| e.problems.join("; ")));
+    let blocks = pool
+        .spec
+        .blocks
+        .iter()
+        .map(|b| match (&b.cidr, &b.start, &b.stop) {
+            (Some(cidr), _, _) => cidr.clone(),
+            (None, Some(start), Some(stop)) => format!("{start}-{stop}"),
+            (None, Some(start), None) => start.clone(),
+            _ => String::new(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut wanted = Vec::new();
+    let (mut capacity, mut allocated, mut available) = (None, None, None);
+    match parsed {
+        Ok(_) => {
+            // The set's copy has lost the ranges an older pool keeps.
+            if let Some(resolved) = pools.get(&name) {
+                let (used, free) = resolved.usage(ledger.used());
+                capacity = Some(resolved.capacity().to_string());
+                allocated = Some(used.to_string());
+                available = Some(free.to_string());
+            }
+            wanted.push(Wanted::new(
+                READY,
+                true,
+                "Valid",
+                "the pool can hand out addresses",
+            ));
+        }
+        Err(problems) => {
+            wanted.push(Wanted::new(READY, false, "InvalidBlocks", problems));
+        }
+    }
+    let overlaps: Vec<String> = pools
+        .overlaps()
+        .iter()
+        .filter(|o| o.keeper == name || o.loser == name)
+        .map(|o| o.to_string())
+        .collect();
+    wanted.push(if overlaps.is_empty() {
+        Wanted::new(
+            CONFLICT,
+            false,
+            "NoOverlap",
+            "no other IPPool claims these addresses",
+        )
+    } else {
+        Wanted::new(CONFLICT, true, "Overlap", overlaps.join("; "))
+    });
+    let unchanged = stored.blocks.as_deref() == Some(blocks.as_str())
+        && stored.capacity == capacity
+        && stored.allocated == allocated
+        && stored.available == available
+        && stored.observed_generation == generation
+        && conditions::all_met(&wanted, &stored.conditions, generation);
+    if unchanged {
+        return None;
+    }
+    let conditions = conditions::merged(&wanted, &stored.conditions, generation, ctx.now);
+    Some((
+        name,
+        json!({
+            "blocks": blocks,
+            "capacity": capacity,
+            "allocated": allocated,
+            "available": available,
+            "conditions": conditions,
+            "observedGeneration": generation,
+        }),
+    ))
+}
+
+/// The status an L2Announcement should have, when it differs from the stored one.
+fn l2_update(l2: &L2Announcement, ctx: &Context) -> Option<serde_json::Value> {
+    let generation = l2.metadata.generation;
+    let stored = l2.status.clone().unwrap_or_default();
+    let mut problems = Vec::new();
+    if let Some(selector) = &l2.spec.service_selector
+        && let Err(err) = selector.to_core()
+    {
+        problems.push(format!("serviceSelector: {err}"));
+    }
+    if let Some(selector) = &l2.spec.node_selector
+        && let Err(err) = selector.to_core()
+    {
+        problems.push(format!("nodeSelector: {err}"));
+    }
+    for pattern in &l2.spec.interfaces {
+        if let Err(err) = regex::Regex::new(pattern) {
+            problems.push(format!(
+                "interfaces: {pattern:?} is not a regular expression: {err}"
+            ));
+        }
+    }
+    let wanted = if problems.is_empty() {
+        Wanted::new(
+            READY,
+            true,
+            "Valid",
+            "selectors and interface patterns are valid",
+        )
+    } else {
+        Wanted::new(READY, false, "InvalidSpec", problems.join("; "))
+    };
+    let wanted = [wanted];
+    if stored.observed_generation == generation
+        && conditions::all_met(&wanted, &stored.conditions, generation)
+    {
+        return None;
+    }
+    Some(json!({
+        "conditions": conditions::merged(&wanted, &stored.conditions, generation, ctx.now),
+        "observedGeneration": generation,
+    }))
+}
