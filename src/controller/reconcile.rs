@@ -835,20 +835,7 @@ impl Reconciler {
             if !self.gate.is_leader() {
                 return;
             }
-            match api
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({ "status": status })),
-                )
-                .await
-            {
-                Ok(_) => report.writes += 1,
-                Err(source) => report.failed(&ReconcileError::Api {
-                    what: format!("writing the status of IPPool {name}"),
-                    source,
-                }),
-            }
+            write_status(&api, "IPPool", &name, &status, report).await;
         }
     }
 
@@ -863,20 +850,7 @@ impl Reconciler {
                 return;
             }
             let name = l2.name_any();
-            match api
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({ "status": status })),
-                )
-                .await
-            {
-                Ok(_) => report.writes += 1,
-                Err(source) => report.failed(&ReconcileError::Api {
-                    what: format!("writing the status of L2Announcement {name}"),
-                    source,
-                }),
-            }
+            write_status(&api, "L2Announcement", &name, &status, report).await;
         }
     }
 }
@@ -1024,4 +998,30 @@ fn l2_update(l2: &L2Announcement, ctx: &Context) -> Option<serde_json::Value> {
         "conditions": conditions::merged(&wanted, &stored.conditions, generation, ctx.now),
         "observedGeneration": generation,
     }))
+}
+
+/// Merge-patches `status` of one object through the status subresource, counting the write.
+async fn write_status<K>(
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    status: &impl serde::Serialize,
+    report: &mut PassReport,
+) where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": status })),
+        )
+        .await
+    {
+        Ok(_) => report.writes += 1,
+        Err(source) => report.failed(&ReconcileError::Api {
+            what: format!("writing the status of {kind} {name}"),
+            source,
+        }),
+    }
 }
