@@ -736,3 +736,36 @@ async fn a_pool_edit_never_moves_a_service_that_names_its_pool() {
     assert_eq!(reason, "Orphaned");
     assert_eq!(h.fake.list("ipallocations", None).len(), 1);
 }
+
+#[tokio::test]
+async fn announcer_changes_become_events_on_the_services() {
+    let h = harness(vec![lan(), service("web", &[])]).await;
+    h.pass().await;
+    assert!(h.events("Announced").is_empty());
+    let announce = |node: &str| {
+        let mut allocation = h.fake.get("ipallocations", None, "v4-192-0-2-1").unwrap();
+        allocation["status"]["announcer"] =
+            json!({"node": node, "interface": "eth0", "since": "2026-11-22T20:00:00Z"});
+        h.fake.seed(allocation);
+    };
+    announce("node-a");
+    h.pass().await;
+    let announced = h.events("Announced");
+    assert_eq!(announced.len(), 1);
+    assert_eq!(
+        announced[0]["note"],
+        "192.0.2.1 is announced by node node-a on eth0"
+    );
+    assert_eq!(announced[0]["regarding"]["name"], "web");
+    // Nothing new: no new Event.
+    h.pass().await;
+    assert_eq!(h.events("Announced").len(), 1);
+    announce("node-b");
+    h.pass().await;
+    let moved = h.events("AnnouncementMoved");
+    assert_eq!(moved.len(), 1);
+    assert_eq!(
+        moved[0]["note"],
+        "192.0.2.1 moved from node node-a to node node-b (eth0)"
+    );
+}

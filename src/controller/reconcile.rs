@@ -107,7 +107,18 @@ pub struct Reconciler {
     gate: LeaderGate,
     recorder: Recorder,
     allocations: Api<IPAllocation>,
+    /// Who announced each bound address at the last pass (node, interface); `None` until the
+    /// first pass as leader, which only remembers (a restart or failover announces nothing new).
+    announcers: std::sync::Mutex<Option<BTreeMap<IpAddr, (String, String)>>>,
 }
+
+/// An address whose announcer appeared or moved: (ip, before, (node, interface), Services).
+type AnnouncerChange = (
+    IpAddr,
+    Option<(String, String)>,
+    (String, String),
+    Vec<ServiceRef>,
+);
 
 /// One Service as read in a pass.
 struct Seen {
@@ -191,6 +202,7 @@ impl Reconciler {
             clock,
             gate,
             recorder,
+            announcers: std::sync::Mutex::new(None),
         }
     }
 
@@ -268,9 +280,76 @@ impl Reconciler {
             }
         }
         self.allocation_status(&ctx, &mut report).await;
+        self.announcements(&mut report).await;
         self.pool_status(&ctx, &mut report).await;
         self.l2_status(&ctx, &mut report).await;
         report
+    }
+
+    /// Events `Announced` and `AnnouncementMoved` on the Services of an address whose announcer
+    /// (written by agents in `IPAllocation.status.announcer`) appeared or changed node.
+    async fn announcements(&self, report: &mut PassReport) {
+        let current: BTreeMap<IpAddr, (String, String, Vec<ServiceRef>)> = {
+            let state = self.caches.ledger.lock();
+            state
+                .ledger
+                .entries()
+                .filter(|e| !e.is_released())
+                .filter_map(|entry| {
+                    let announcer = state
+                        .objects
+                        .get(&entry.ip)?
+                        .status
+                        .as_ref()?
+                        .announcer
+                        .as_ref()?;
+                    let services = entry.members.iter().map(|m| m.service.clone()).collect();
+                    Some((
+                        entry.ip,
+                        (
+                            announcer.node.clone(),
+                            announcer.interface.clone(),
+                            services,
+                        ),
+                    ))
+                })
+                .collect()
+        };
+        let changes: Vec<AnnouncerChange> = {
+            let mut remembered = self.announcers.lock().unwrap_or_else(|p| p.into_inner());
+            let now: BTreeMap<IpAddr, (String, String)> = current
+                .iter()
+                .map(|(ip, (node, interface, _))| (*ip, (node.clone(), interface.clone())))
+                .collect();
+            let previous = remembered.replace(now);
+            let Some(previous) = previous else {
+                return;
+            };
+            current
+                .into_iter()
+                .filter_map(|(ip, (node, interface, services))| {
+                    let before = previous.get(&ip).cloned();
+                    let moved = before.as_ref().is_none_or(|(n, _)| *n != node);
+                    moved.then_some((ip, before, (node, interface), services))
+                })
+                .collect()
+        };
+        for (ip, before, (node, interface), services) in changes {
+            let (reason, note) = match before {
+                None => (
+                    "Announced",
+                    format!("{ip} is announced by node {node} on {interface}"),
+                ),
+                Some((old_node, _)) => (
+                    "AnnouncementMoved",
+                    format!("{ip} moved from node {old_node} to node {node} ({interface})"),
+                ),
+            };
+            for service in &services {
+                self.event(report, service, false, reason, note.clone())
+                    .await;
+            }
+        }
     }
 
     /// Services that are gone, not ours, or whose pin moved leave their addresses.
