@@ -801,3 +801,61 @@ async fn malformed_objects_in_the_watch_are_skipped() {
     assert!(a.allowed, "{a:?}");
     assert_eq!(a.assigned().as_deref(), Some("192.0.2.3"));
 }
+
+#[tokio::test]
+async fn an_unchanged_update_keeps_the_address_after_a_pool_edit() {
+    let fake = FakeApi::new();
+    fake.seed(lan());
+    let (h, state) = harness_on(fake).await;
+    let named = |o: &mut Value| annotate(o, "vipam.io/pool", "lan");
+    assert_eq!(
+        h.service(&create("apps", "web", named))
+            .await
+            .assigned()
+            .as_deref(),
+        Some("192.0.2.1")
+    );
+    // The pool is edited so that it no longer holds the address.
+    h.fake.seed(pool(
+        "lan",
+        json!([{"start": "192.0.2.3", "stop": "192.0.2.4"}]),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state.ledger.read(|s| {
+        s.pools
+            .get("lan")
+            .is_some_and(|p| p.covers(&"192.0.2.1".parse().unwrap()))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool edit never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // An UPDATE that changes nothing vipam reads (a label, say): same answer, no renumbering.
+    let relabel = update(
+        |o| {
+            annotate(o, "vipam.io/pool", "lan");
+        },
+        |o| {
+            annotate(o, "vipam.io/pool", "lan");
+            o["metadata"]["labels"]["team"] = json!("blue");
+        },
+    );
+    assert_eq!(
+        h.service(&relabel).await.assigned().as_deref(),
+        Some("192.0.2.1")
+    );
+    // The Service's own change (a new pin) still moves it.
+    let repin = update(
+        |o| annotate(o, "vipam.io/pool", "lan"),
+        |o| {
+            annotate(o, "vipam.io/pool", "lan");
+            annotate(o, "vipam.io/ips", "192.0.2.4");
+        },
+    );
+    assert_eq!(
+        h.service(&repin).await.assigned().as_deref(),
+        Some("192.0.2.4")
+    );
+}

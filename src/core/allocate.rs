@@ -398,6 +398,47 @@ impl Denial {
     }
 }
 
+/// What the Service holds now, as a decision, when it holds an address for every family it
+/// asks for; `None` otherwise. An UPDATE that changes nothing vipam reads gets exactly this, so
+/// pool edits since the last decision never renumber it.
+pub fn current_assignment(request: &Request, ledger: &Ledger) -> Option<Decision> {
+    let held: Vec<&LedgerEntry> = ledger
+        .entries_of(&request.service)
+        .filter(|e| !e.is_released())
+        .collect();
+    let assignments = request
+        .families
+        .iter()
+        .map(|family| {
+            held.iter()
+                .find(|e| Family::of(&e.ip) == *family)
+                .map(|e| Assignment {
+                    ip: e.ip,
+                    pool: e.pool.clone(),
+                    how: How::Kept,
+                })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Decision {
+        assignments,
+        dropped: Vec::new(),
+    })
+}
+
+/// Whether two requests of one Service claim the same thing: pins, pools, sharing, families,
+/// ports, traffic policy and selector.
+pub fn same_claim(a: &Request, b: &Request) -> bool {
+    let values = |r: &Request| {
+        (
+            r.pins.as_ref().map(|p| p.value.clone()),
+            r.pools.as_ref().map(|p| p.value.clone()),
+            r.sharing_key.as_ref().map(|k| k.value.clone()),
+            r.families.clone(),
+        )
+    };
+    Member::of(a) == Member::of(b) && values(a) == values(b)
+}
+
 /// Decides the addresses of a Service. Pure and deterministic.
 pub fn decide(
     request: &Request,

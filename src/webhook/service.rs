@@ -12,7 +12,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use super::ledger::{Snapshot, plan_writes};
 use super::{Outcome, WebhookState};
 use crate::api::service_view;
-use crate::core::allocate::{Decision, Denial, DenialKind, decide};
+use crate::core::allocate::{Decision, Denial, DenialKind, current_assignment, decide, same_claim};
 use crate::core::range::format_ranges;
 use crate::core::request::{
     ANN_ASSIGNED_IPS, ANN_IPS, Request, SPEC_LOAD_BALANCER_IP, format_ip_list, parse_ip_list,
@@ -78,11 +78,27 @@ pub async fn admit(state: &WebhookState, req: &AdmissionRequest<Service>) -> Out
                 .into(),
         );
     }
+    // An UPDATE that changes nothing vipam reads gets the same answer as before, whatever pool
+    // edits happened meanwhile (they never renumber a live Service).
+    let unchanged = req.operation == Operation::Update
+        && req
+            .old_object
+            .as_ref()
+            .and_then(|old| {
+                let mut old_view = service_view(old);
+                old_view.namespace = view.namespace.clone();
+                old_view.name = view.name.clone();
+                old_view.request(&state.policy).ok().flatten()
+            })
+            .is_some_and(|old| same_claim(&old, &request));
     let ctx = state.context();
     let mut last_race = String::new();
     for _ in 0..MAX_ATTEMPTS {
         let (decided, writes) = state.ledger.plan(req.dry_run, |snapshot| {
-            let decided = decide_with_checks(req, &request, snapshot, &ctx);
+            let decided = match current_assignment(&request, snapshot.ledger) {
+                Some(kept) if unchanged => Ok((kept.clone(), warnings(&request, &kept, snapshot))),
+                _ => decide_with_checks(req, &request, snapshot, &ctx),
+            };
             let writes = match &decided {
                 Ok((decision, _)) => plan_writes(&request, decision, snapshot),
                 Err(_) => Vec::new(),

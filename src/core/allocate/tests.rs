@@ -389,6 +389,44 @@ fn pool_annotation_change_moves_the_address() {
     assert_eq!(d.assignments[0].how, How::Kept);
 }
 
+#[test]
+fn an_unchanged_claim_keeps_what_it_holds_even_after_a_pool_edit() {
+    let mut l = Ledger::new();
+    let p = pools(vec![
+        PoolSpec::new("a", vec![BlockSpec::range("192.0.2.10", "192.0.2.11")]),
+        PoolSpec::new("b", vec![BlockSpec::range("192.0.2.20", "192.0.2.21")]),
+    ]);
+    let named = svc("x", "s").ann(ANN_POOL, "a");
+    run(&mut l, &p, &named).unwrap();
+    // Pool a is edited away from the address: decide alone would move the Service...
+    let edited = pools(vec![
+        PoolSpec::new("a", vec![BlockSpec::range("192.0.2.12", "192.0.2.13")]),
+        PoolSpec::new("b", vec![BlockSpec::range("192.0.2.20", "192.0.2.21")]),
+    ]);
+    let moved = decide(&named.req(), &edited, &l, &CTX).unwrap();
+    assert_eq!(moved.ips(), vec![ip("192.0.2.12")]);
+    // ...but an unchanged claim keeps what it holds.
+    assert!(same_claim(&named.req(), &named.req()));
+    let kept = current_assignment(&named.req(), &l).unwrap();
+    assert_eq!(
+        (kept.ips(), kept.assignments[0].how.clone()),
+        (vec![ip("192.0.2.10")], How::Kept)
+    );
+    assert!(!same_claim(
+        &named.req(),
+        &svc("x", "s").ann(ANN_POOL, "b").req()
+    ));
+    assert!(!same_claim(&named.req(), &named_port(&named)));
+    // Nothing held for a requested family: no current assignment.
+    assert!(current_assignment(&svc("x", "other").req(), &l).is_none());
+}
+
+fn named_port(s: &Svc) -> Request {
+    let mut view = s.0.clone();
+    view.ports = vec![(None, 8080)];
+    view.request(&RequestPolicy::default()).unwrap().unwrap()
+}
+
 // ---- property test: random histories never break the invariants ----
 
 #[derive(Debug, Clone)]
