@@ -240,6 +240,12 @@ async fn create_auto_assigns_the_lowest_free_address_and_records_it() {
     );
     let object = h.fake.get("ipallocations", None, "v4-192-0-2-1").unwrap();
     assert_eq!(object["spec"]["pool"], "lan");
+    // Objects vipam creates carry no Argo CD tracking label or annotation (invariant 3).
+    let meta = object["metadata"].to_string();
+    assert!(
+        !meta.contains("argocd.argoproj.io") && !meta.contains("app.kubernetes.io/instance"),
+        "{meta}"
+    );
     assert_eq!(
         object["spec"]["services"][0]["ports"][0],
         json!({"protocol": "TCP", "port": 443})

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
@@ -136,7 +136,8 @@ fn service_reference(service: &ServiceRef) -> ObjectReference {
     }
 }
 
-fn ingress_ips(service: &Service) -> Vec<IpAddr> {
+/// The Service's `status.loadBalancer.ingress` entries.
+fn ingress(service: &Service) -> impl Iterator<Item = &LoadBalancerIngress> {
     service
         .status
         .as_ref()
@@ -144,18 +145,16 @@ fn ingress_ips(service: &Service) -> Vec<IpAddr> {
         .and_then(|lb| lb.ingress.as_ref())
         .into_iter()
         .flatten()
+}
+
+fn ingress_ips(service: &Service) -> Vec<IpAddr> {
+    ingress(service)
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
         .collect()
 }
 
 fn ingress_modes(service: &Service) -> Vec<(Option<String>, Option<String>)> {
-    service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
+    ingress(service)
         .map(|i| (i.ip.clone(), i.ip_mode.clone()))
         .collect()
 }
