@@ -6,6 +6,7 @@
 pub mod allocate;
 pub mod lifecycle;
 pub mod names;
+pub mod ownership;
 pub mod pool;
 pub mod range;
 pub mod request;
