@@ -123,10 +123,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        encode_registry(&self.registry)
     }
 }
 
@@ -166,14 +163,33 @@ impl Readiness {
     }
 }
 
+/// Anything that renders a Prometheus registry (the controller's and the agent's metrics).
+pub trait MetricsText: Send + Sync {
+    fn encode(&self) -> String;
+}
+
+impl MetricsText for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+}
+
+/// Renders a registry in the OpenMetrics text format.
+pub fn encode_registry(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
 #[derive(Clone)]
 struct AdminState {
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn MetricsText>,
     readiness: Readiness,
 }
 
 /// The admin router.
-pub fn router(metrics: Arc<Metrics>, readiness: Readiness) -> Router {
+pub fn router(metrics: Arc<dyn MetricsText>, readiness: Readiness) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -3,9 +3,11 @@
 //! `core` decides, everything else translates (see DESIGN.md).
 
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod cache;
 pub mod check;
 pub mod controller;
 pub mod core;
+pub mod manifest;
 pub mod webhook;

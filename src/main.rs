@@ -28,12 +28,73 @@ enum Command {
     /// Serve the admission webhooks (HTTPS) and the admin endpoints (HTTP). Runs as a
     /// Deployment with 2+ replicas; finds the cluster in-cluster or through KUBECONFIG.
     Controller(Box<vipam::controller::ControllerArgs>),
+    /// Announce the LoadBalancer addresses this node owns (ARP/NDP or kernel addresses) and
+    /// hold its liveness Lease. Runs as a DaemonSet with hostNetwork and CAP_NET_RAW,
+    /// CAP_NET_ADMIN.
+    Agent(Box<vipam::agent::AgentArgs>),
+    /// Print ready-to-commit manifests for the control-plane VIP.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
     /// Print the CustomResourceDefinitions (generated from the Rust types).
     Crds {
         /// Write one file per CRD into this directory instead of printing.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// A static pod for /etc/kubernetes/manifests/ on every control-plane node (works before
+    /// the cluster exists: talks to the local API server with the mounted kubeconfig).
+    StaticPod(ManifestArgs),
+    /// A DaemonSet on the control-plane nodes with its ServiceAccount, Role and RoleBinding
+    /// (in-cluster configuration).
+    Daemonset(ManifestArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ManifestArgs {
+    /// The control-plane VIP.
+    #[arg(long)]
+    vip: std::net::IpAddr,
+    /// The interface the VIP is added to on every control-plane node.
+    #[arg(long)]
+    interface: String,
+    /// Container image.
+    #[arg(long, default_value = vipam::manifest::DEFAULT_IMAGE)]
+    image: String,
+    /// The API servers' port.
+    #[arg(long, default_value_t = 6443)]
+    port: u16,
+    /// Namespace of the Lease (and of the DaemonSet's objects).
+    #[arg(long, default_value = "kube-system")]
+    namespace: String,
+    /// Static pod: the kubeconfig on the host (kubeadm >= 1.29: super-admin.conf on the first
+    /// control-plane node during `kubeadm init`).
+    #[arg(long, default_value = "/etc/kubernetes/admin.conf")]
+    kubeconfig: String,
+    /// Lease duration of the election.
+    #[arg(long, default_value = "3s", value_parser = vipam::controller::parse_duration)]
+    lease_duration: std::time::Duration,
+    /// Renew interval of the election.
+    #[arg(long, default_value = "1s", value_parser = vipam::controller::parse_duration)]
+    renew_interval: std::time::Duration,
+}
+
+impl ManifestArgs {
+    fn options(self) -> vipam::manifest::ManifestOptions {
+        vipam::manifest::ManifestOptions {
+            vip: self.vip,
+            interface: self.interface,
+            image: self.image,
+            port: self.port,
+            namespace: self.namespace,
+            kubeconfig: self.kubeconfig,
+            lease_duration: self.lease_duration,
+            renew_interval: self.renew_interval,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +162,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Controller(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(vipam::controller::run(*args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent(args) => {
+            // One thread: the agent waits on sockets and timers; a single thread keeps its
+            // memory small on every node (one allocator arena, no idle workers).
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(vipam::agent::run(*args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manifest(ManifestCommand::StaticPod(args)) => {
+            print!("{}", vipam::manifest::static_pod_yaml(&args.options())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manifest(ManifestCommand::Daemonset(args)) => {
+            print!("{}", vipam::manifest::daemonset_yaml(&args.options())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Crds { out_dir } => {

@@ -1,0 +1,256 @@
+//! The node's network interfaces: list them (netlink RTM_GETLINK), find the one holding the
+//! default route, pick one by name patterns.
+//!
+//! Everything reads the network namespace of the calling *thread* (netlink sockets are
+//! created there; routes come from `/proc/thread-self/net`), so it also works on a thread that
+//! entered another namespace with setns(2).
+
+use std::io;
+
+use regex::Regex;
+
+use super::address::{Netlink, RTM_GETLINK, attrs};
+use super::announcer::NetError;
+use super::packet::MacAddr;
+
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFF_UP: u32 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+/// RTF_UP and RTF_REJECT of route flags.
+const RTF_UP: u32 = 0x1;
+const RTF_REJECT: u32 = 0x200;
+
+/// One interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    /// Its Ethernet address; `None` for interfaces without a 6-byte link-layer address.
+    pub mac: Option<MacAddr>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+}
+
+fn parse_link(payload: &[u8]) -> Option<Interface> {
+    // struct ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32
+    if payload.len() < 16 {
+        return None;
+    }
+    let index = u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]);
+    let flags = u32::from_ne_bytes([payload[8], payload[9], payload[10], payload[11]]);
+    let mut name = None;
+    let mut mac = None;
+    for (kind, data) in attrs(&payload[16..]) {
+        match kind {
+            IFLA_IFNAME => {
+                let s = data.split(|b| *b == 0).next().unwrap_or(&[]);
+                name = Some(String::from_utf8_lossy(s).into_owned());
+            }
+            IFLA_ADDRESS if data.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(data);
+                mac = Some(MacAddr(m));
+            }
+            _ => {}
+        }
+    }
+    Some(Interface {
+        name: name?,
+        index,
+        mac,
+        up: flags & IFF_UP != 0,
+    })
+}
+
+pub(crate) fn list_with(nl: &mut Netlink) -> Result<Vec<Interface>, NetError> {
+    let body = [0u8; 16]; // ifinfomsg, AF_UNSPEC
+    let replies = nl
+        .request(RTM_GETLINK, NLM_F_DUMP, &body)
+        .map_err(|e| NetError::Netlink {
+            op: "list interfaces",
+            source: e,
+        })?;
+    let mut out: Vec<Interface> = replies.iter().filter_map(|p| parse_link(p)).collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Every interface of the calling thread's network namespace, sorted by name.
+pub fn list() -> Result<Vec<Interface>, NetError> {
+    let mut nl = Netlink::open(0, false).map_err(|e| NetError::Netlink {
+        op: "open",
+        source: e,
+    })?;
+    list_with(&mut nl)
+}
+
+/// The interface of the best IPv4 default route in `/proc/net/route` text (lowest metric).
+pub fn default_route_v4(route_table: &str) -> Option<String> {
+    route_table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let flags = u32::from_str_radix(f[3], 16).ok()?;
+            let metric: u32 = f[6].parse().ok()?;
+            (f[1] == "00000000"
+                && f[7] == "00000000"
+                && flags & RTF_UP != 0
+                && flags & RTF_REJECT == 0)
+                .then(|| (metric, f[0].to_owned()))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// The interface of the best IPv6 default route in `/proc/net/ipv6_route` text (lowest
+/// metric; the kernel's unreachable default on `lo` is skipped).
+pub fn default_route_v6(route_table: &str) -> Option<String> {
+    route_table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                return None;
+            }
+            let metric = u32::from_str_radix(f[5], 16).ok()?;
+            let flags = u32::from_str_radix(f[8], 16).ok()?;
+            let is_default = f[0].bytes().all(|b| b == b'0') && f[1] == "00";
+            (is_default && flags & RTF_UP != 0 && flags & RTF_REJECT == 0 && f[9] != "lo")
+                .then(|| (metric, f[9].to_owned()))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+fn read_proc_net(file: &str) -> io::Result<String> {
+    // thread-self: the namespace of this thread, which may have called setns(2); /proc/net
+    // would be the main thread's.
+    std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))
+        .or_else(|_| std::fs::read_to_string(format!("/proc/net/{file}")))
+}
+
+/// The name of the interface holding the default route: IPv4 first, then IPv6.
+pub fn default_route_interface() -> Option<String> {
+    read_proc_net("route")
+        .ok()
+        .and_then(|t| default_route_v4(&t))
+        .or_else(|| {
+            read_proc_net("ipv6_route")
+                .ok()
+                .and_then(|t| default_route_v6(&t))
+        })
+}
+
+/// Picks the interface for an announcement: the first name, in sorted order, matched by any of
+/// `patterns` (unanchored regular expressions, as written in L2Announcement
+/// `spec.interfaces`); with no patterns, the interface of the default route
+/// (`default_route`). Loopback is never picked.
+pub fn pick<'a>(
+    interfaces: &'a [Interface],
+    patterns: &[Regex],
+    default_route: Option<&str>,
+) -> Option<&'a Interface> {
+    let mut sorted: Vec<&Interface> = interfaces.iter().filter(|i| i.name != "lo").collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    if patterns.is_empty() {
+        let name = default_route?;
+        return sorted.into_iter().find(|i| i.name == name);
+    }
+    sorted
+        .into_iter()
+        .find(|i| patterns.iter().any(|p| p.is_match(&i.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth1\t00000000\t0102000A\t0003\t0\t0\t200\t00000000\t0\t0\t0
+eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+";
+    const ROUTE6: &str = "\
+20010db8000100000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 20010db8000100000000000000000001 00000400 00000001 00000000 00000003 eth2
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo
+";
+
+    #[test]
+    fn default_routes() {
+        assert_eq!(default_route_v4(ROUTE).as_deref(), Some("eth0"));
+        assert_eq!(default_route_v6(ROUTE6).as_deref(), Some("eth2"));
+        assert_eq!(default_route_v4("Iface\tDestination\n"), None);
+        assert_eq!(default_route_v4("garbage\nx y z\n"), None);
+        assert_eq!(default_route_v6(ROUTE6.lines().last().unwrap()), None);
+    }
+
+    fn iface(name: &str, index: u32) -> Interface {
+        Interface {
+            name: name.into(),
+            index,
+            mac: Some(MacAddr([2, 0, 0, 0, 0, index as u8])),
+            up: true,
+        }
+    }
+
+    #[test]
+    fn picks_first_sorted_match_or_default_route() {
+        let all = vec![
+            iface("lo", 1),
+            iface("eth1", 3),
+            iface("eth0", 2),
+            iface("bond0", 4),
+        ];
+        let re = |s: &str| Regex::new(s).unwrap();
+        type Case<'a> = (&'a str, Vec<Regex>, Option<&'a str>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            ("first sorted match", vec![re("^eth")], None, Some("eth0")),
+            (
+                "any pattern",
+                vec![re("^bond"), re("^eth1$")],
+                None,
+                Some("bond0"),
+            ),
+            ("no match", vec![re("^wlan")], Some("eth0"), None),
+            ("default route", vec![], Some("eth1"), Some("eth1")),
+            ("no default route", vec![], None, None),
+            ("never loopback", vec![re(".")], None, Some("bond0")),
+            ("default route on lo", vec![], Some("lo"), None),
+        ];
+        for (name, patterns, default, want) in cases {
+            assert_eq!(
+                pick(&all, &patterns, default).map(|i| i.name.as_str()),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn parses_link_messages() {
+        let mut b = vec![0u8; 16];
+        b[4..8].copy_from_slice(&7u32.to_ne_bytes());
+        b[8..12].copy_from_slice(&(IFF_UP | 0x40).to_ne_bytes());
+        super::super::address::push_attr(&mut b, IFLA_IFNAME, b"eth0\0");
+        super::super::address::push_attr(&mut b, IFLA_ADDRESS, &[2, 0, 0, 0, 0, 9]);
+        assert_eq!(
+            parse_link(&b),
+            Some(Interface {
+                name: "eth0".into(),
+                index: 7,
+                mac: Some(MacAddr([2, 0, 0, 0, 0, 9])),
+                up: true
+            })
+        );
+        for len in 0..b.len() {
+            let _ = parse_link(&b[..len]);
+        }
+    }
+}

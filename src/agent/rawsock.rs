@@ -1,0 +1,357 @@
+//! An AF_PACKET raw socket on one interface that only ever sees ARP and IPv6 neighbour
+//! solicitations/advertisements, thanks to a classic BPF filter attached before binding.
+//! Not promiscuous: it sees broadcast, frames for the interface's MAC and the multicast groups
+//! joined with [`RawSocket::join_multicast`]. Needs CAP_NET_RAW only.
+//!
+//! The socket belongs to the network namespace of the thread that opens it.
+
+use std::io;
+use std::mem;
+use std::net::Ipv6Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
+
+use super::packet::{ETHERTYPE_ARP, ETHERTYPE_IPV6, ICMPV6_NEIGHBOR_ADVERT, MacAddr};
+use super::packet::{ICMPV6_NEIGHBOR_SOLICIT, IPPROTO_ICMPV6};
+
+/// `sll_pkttype` of a frame this host sent (AF_PACKET sockets see those too).
+pub const PACKET_OUTGOING: u8 = libc::PACKET_OUTGOING;
+
+// Classic BPF opcodes (linux/bpf_common.h).
+const BPF_LD_B_ABS: u16 = 0x30;
+const BPF_LD_H_ABS: u16 = 0x28;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_RET_K: u16 = 0x06;
+/// Ancillary load of the packet type (SKF_AD_OFF + SKF_AD_PKTTYPE).
+const SKF_AD_PKTTYPE: u32 = 0xffff_f000 + 4;
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// The filter: drop our own outgoing frames; accept ethertype ARP; accept IPv6 whose next
+/// header is ICMPv6 with type 135 or 136; drop everything else. Offsets assume an untagged
+/// Ethernet frame (VLAN tags are stripped by the kernel before packet sockets see them).
+pub fn filter_program() -> Vec<libc::sock_filter> {
+    const ACCEPT: u32 = 0x0004_0000;
+    vec![
+        /* 0 */ stmt(BPF_LD_B_ABS, SKF_AD_PKTTYPE),
+        /* 1 */ jump(BPF_JEQ_K, u32::from(PACKET_OUTGOING), 8, 0), // -> 10 drop
+        /* 2 */ stmt(BPF_LD_H_ABS, 12),
+        /* 3 */ jump(BPF_JEQ_K, u32::from(ETHERTYPE_ARP), 5, 0), // -> 9 accept
+        /* 4 */ jump(BPF_JEQ_K, u32::from(ETHERTYPE_IPV6), 0, 5), // -> 10 drop
+        /* 5 */ stmt(BPF_LD_B_ABS, 14 + 6),
+        /* 6 */ jump(BPF_JEQ_K, u32::from(IPPROTO_ICMPV6), 0, 3), // -> 10 drop
+        /* 7 */ stmt(BPF_LD_B_ABS, 14 + 40),
+        /* 8 */ jump(BPF_JEQ_K, u32::from(ICMPV6_NEIGHBOR_SOLICIT), 0, 2), // -> 9 / 11
+        /* 9 */ stmt(BPF_RET_K, ACCEPT),
+        /* 10 */ stmt(BPF_RET_K, 0),
+        /* 11 */ jump(BPF_JEQ_K, u32::from(ICMPV6_NEIGHBOR_ADVERT), 0, 1), // -> 12 / 13
+        /* 12 */ stmt(BPF_RET_K, ACCEPT),
+        /* 13 */ stmt(BPF_RET_K, 0),
+    ]
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a valid, initialised T for the duration of the call and its size
+    // is passed along.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// A received frame's length and its `sll_pkttype` (PACKET_HOST, PACKET_BROADCAST, ...).
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub len: usize,
+    pub pkttype: u8,
+}
+
+/// The filtered raw socket of one interface.
+#[derive(Debug)]
+pub struct RawSocket {
+    fd: AsyncFd<OwnedFd>,
+    ifindex: u32,
+}
+
+impl RawSocket {
+    /// Opens the socket on interface `ifindex` (of the calling thread's network namespace).
+    /// Must be called within a tokio runtime.
+    pub fn open(ifindex: u32) -> io::Result<RawSocket> {
+        // Protocol 0: receives nothing until bound, so no unfiltered frame is queued before
+        // the filter is in place.
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = cvt(unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        })?;
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        let program = filter_program();
+        let prog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_ptr().cast_mut(),
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)?;
+
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: `sll` is a valid sockaddr_ll and its size is passed.
+        cvt(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        // SAFETY: the AsyncFd owns `fd`, which stays open and unchanged until it is dropped.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        Ok(RawSocket { fd, ifindex })
+    }
+
+    /// The interface the socket is bound to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    fn membership(&self, mac: MacAddr, add: bool) -> io::Result<()> {
+        let mut mreq = libc::packet_mreq {
+            mr_ifindex: self.ifindex as i32,
+            mr_type: libc::PACKET_MR_MULTICAST as u16,
+            mr_alen: 6,
+            mr_address: [0; 8],
+        };
+        mreq.mr_address[..6].copy_from_slice(&mac.0);
+        let opt = if add {
+            libc::PACKET_ADD_MEMBERSHIP
+        } else {
+            libc::PACKET_DROP_MEMBERSHIP
+        };
+        setsockopt(self.fd.get_ref(), libc::SOL_PACKET, opt, &mreq)
+    }
+
+    /// Lets multicast frames to `mac` reach the interface (and this socket). The kernel
+    /// counts joins per socket, so every join needs its own [`RawSocket::leave_multicast`].
+    /// Memberships end with the socket.
+    pub fn join_multicast(&self, mac: MacAddr) -> io::Result<()> {
+        self.membership(mac, true)
+    }
+
+    /// Undoes one [`RawSocket::join_multicast`].
+    pub fn leave_multicast(&self, mac: MacAddr) -> io::Result<()> {
+        self.membership(mac, false)
+    }
+
+    /// Sends one complete Ethernet frame now. Never waits: a full queue is an error
+    /// (the frame would be stale by the time it could go out; ARP and NDP retry).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: `frame` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                self.fd.get_ref().as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != frame.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
+        }
+        Ok(())
+    }
+
+    fn try_recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
+        // SAFETY: sockaddr_ll is plain data.
+        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `buf` is valid for writes of its length, `sll`/`len` describe a valid
+        // address buffer.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut sll as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Received {
+            len: n as usize,
+            pkttype: sll.sll_pkttype,
+        })
+    }
+
+    /// Waits for the next frame (the filter has already dropped everything but ARP/NDP and
+    /// our own outgoing frames).
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| Self::try_recv(fd.get_ref(), buf)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// IPv6 multicast group memberships taken through an ordinary UDP socket, so the kernel sends
+/// MLD reports for them: switches that do MLD snooping then forward neighbour solicitations
+/// for the solicited-node groups of addresses answered in ARP mode. Complements
+/// [`RawSocket::join_multicast`], which only programs the interface's receive filter.
+#[derive(Debug)]
+pub struct MldGroups {
+    fd: OwnedFd,
+}
+
+impl MldGroups {
+    /// Opens the (unbound, never used for traffic) UDP socket.
+    pub fn open() -> io::Result<MldGroups> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = cvt(unsafe {
+            libc::socket(
+                libc::AF_INET6,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        })?;
+        // SAFETY: `raw` is a fresh descriptor we own.
+        Ok(MldGroups {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
+    }
+
+    fn change(&self, group: Ipv6Addr, ifindex: u32, join: bool) -> io::Result<()> {
+        let mreq = libc::ipv6_mreq {
+            ipv6mr_multiaddr: libc::in6_addr {
+                s6_addr: group.octets(),
+            },
+            ipv6mr_interface: ifindex,
+        };
+        let opt = if join {
+            libc::IPV6_ADD_MEMBERSHIP
+        } else {
+            libc::IPV6_DROP_MEMBERSHIP
+        };
+        setsockopt(&self.fd, libc::IPPROTO_IPV6, opt, &mreq)
+    }
+
+    /// Joins `group` on `ifindex`. Joining a group twice on one socket is an error
+    /// (EADDRINUSE): callers count.
+    pub fn join(&self, group: Ipv6Addr, ifindex: u32) -> io::Result<()> {
+        self.change(group, ifindex, true)
+    }
+
+    /// Leaves `group` on `ifindex`.
+    pub fn leave(&self, group: Ipv6Addr, ifindex: u32) -> io::Result<()> {
+        self.change(group, ifindex, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the classic BPF program the way the kernel does for the subset of instructions
+    /// it uses, so the jump offsets are checked without a socket.
+    fn run(program: &[libc::sock_filter], frame: &[u8], pkttype: u8) -> u32 {
+        let mut pc = 0usize;
+        let mut acc: u32 = 0;
+        loop {
+            let ins = program[pc];
+            match ins.code {
+                BPF_LD_B_ABS if ins.k == SKF_AD_PKTTYPE => acc = u32::from(pkttype),
+                BPF_LD_B_ABS => match frame.get(ins.k as usize) {
+                    Some(b) => acc = u32::from(*b),
+                    None => return 0,
+                },
+                BPF_LD_H_ABS => match frame.get(ins.k as usize..ins.k as usize + 2) {
+                    Some(b) => acc = u32::from(u16::from_be_bytes([b[0], b[1]])),
+                    None => return 0,
+                },
+                BPF_JEQ_K => {
+                    pc += usize::from(if acc == ins.k { ins.jt } else { ins.jf });
+                }
+                BPF_RET_K => return ins.k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    #[test]
+    fn filter_accepts_only_arp_and_neighbour_discovery() {
+        use crate::agent::packet::*;
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let ip6: Ipv6Addr = "2001:db8:1::50".parse().unwrap();
+        let mut echo = unsolicited_advert(mac, ip6);
+        echo[14 + 40] = 128;
+        let mut udp = unsolicited_advert(mac, ip6);
+        udp[14 + 6] = 17;
+        let mut ipv4 = gratuitous_arp(mac, "192.0.2.1".parse().unwrap());
+        ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
+        let host = libc::PACKET_HOST;
+        let cases: Vec<(&str, Vec<u8>, u8, bool)> = vec![
+            (
+                "garp",
+                gratuitous_arp(mac, "192.0.2.1".parse().unwrap()),
+                1,
+                true,
+            ),
+            ("ns", neighbor_solicit(mac, ip6, ip6), 2, true),
+            ("na", unsolicited_advert(mac, ip6), 2, true),
+            (
+                "own outgoing arp",
+                gratuitous_arp(mac, "192.0.2.1".parse().unwrap()),
+                PACKET_OUTGOING,
+                false,
+            ),
+            ("echo request", echo, host, false),
+            ("udp", udp, host, false),
+            ("ipv4", ipv4, host, false),
+            ("runt", vec![0; 10], host, false),
+        ];
+        let program = filter_program();
+        for (name, frame, pkttype, accept) in cases {
+            assert_eq!(run(&program, &frame, pkttype) != 0, accept, "{name}");
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Translation of what the agent watches into `core::ownership`'s view. No decisions here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use regex::Regex;
+
+use crate::api::{
+    AllocationPhase, AnnouncementMode, IPAllocation, L2Announcement, LabelSelectorExt,
+};
+use crate::core::ownership::{
+    AddressView, AnnounceMode, AnnouncementRule, Liveness, NodeView, ServiceOnAddress,
+};
+
+/// Label on every agent Lease (the agents watch only these).
+pub const AGENT_LEASE_LABEL: &str = "vipam.io/agent-lease";
+/// Prefix of the agents' Lease names: `vipam-agent-<node>`.
+pub const AGENT_LEASE_PREFIX: &str = "vipam-agent-";
+/// Lease annotation: the node's interface names, comma-separated (other agents need them to
+/// know whether an L2Announcement's patterns match an interface there).
+pub const INTERFACES_ANNOTATION: &str = "vipam.io/interfaces";
+/// Lease annotation: the interface of the node's default route.
+pub const DEFAULT_INTERFACE_ANNOTATION: &str = "vipam.io/default-interface";
+/// Nodes with this label never announce (the Kubernetes convention).
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// The Lease name of `node`'s agent.
+pub fn lease_name(node: &str) -> String {
+    format!("{AGENT_LEASE_PREFIX}{node}")
+}
+
+/// An L2Announcement as a rule; `Err` names what is invalid (the object is then skipped; the
+/// controller reports it in the object's status).
+pub fn rule(l2: &L2Announcement) -> Result<AnnouncementRule, String> {
+    let name = l2.name_any();
+    let service_selector = l2
+        .spec
+        .service_selector
+        .as_ref()
+        .map(|s| s.to_core())
+        .transpose()
+        .map_err(|e| format!("L2Announcement {name}: serviceSelector: {e}"))?;
+    let node_selector = l2
+        .spec
+        .node_selector
+        .as_ref()
+        .map(|s| s.to_core())
+        .transpose()
+        .map_err(|e| format!("L2Announcement {name}: nodeSelector: {e}"))?;
+    let interfaces = l2
+        .spec
+        .interfaces
+        .iter()
+        .map(|p| Regex::new(p).map_err(|e| format!("L2Announcement {name}: interface {p:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AnnouncementRule {
+        name,
+        service_selector,
+        ip_pools: l2.spec.ip_pools.clone(),
+        node_selector,
+        interfaces,
+        mode: match l2.spec.mode {
+            AnnouncementMode::Arp => AnnounceMode::Arp,
+            AnnouncementMode::Address => AnnounceMode::Address,
+        },
+    })
+}
+
+/// What one agent Lease says: its node, whether it is held, its duration, the interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseFacts {
+    pub node: String,
+    pub version: String,
+    pub held: bool,
+    pub duration: Duration,
+    pub interfaces: Vec<String>,
+    pub default_interface: Option<String>,
+}
+
+/// Reads an agent Lease (None if it is not one).
+pub fn lease_facts(lease: &Lease, fallback_duration: Duration) -> Option<LeaseFacts> {
+    let name = lease.metadata.name.as_deref()?;
+    let node = name.strip_prefix(AGENT_LEASE_PREFIX)?.to_string();
+    let spec = lease.spec.as_ref();
+    let held = spec
+        .and_then(|s| s.holder_identity.as_deref())
+        .is_some_and(|h| !h.is_empty());
+    let duration = spec
+        .and_then(|s| s.lease_duration_seconds)
+        .filter(|s| *s > 0)
+        .map(|s| Duration::from_secs(s as u64))
+        .unwrap_or(fallback_duration);
+    // Sub-second durations do not fit leaseDurationSeconds; the agent also writes them here.
+    let duration = lease
+        .annotations()
+        .get(LEASE_DURATION_MS_ANNOTATION)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(duration);
+    let annotations = lease.annotations();
+    let interfaces = annotations
+        .get(INTERFACES_ANNOTATION)
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let default_interface = annotations
+        .get(DEFAULT_INTERFACE_ANNOTATION)
+        .filter(|s| !s.is_empty())
+        .cloned();
+    Some(LeaseFacts {
+        node,
+        version: lease.resource_version().unwrap_or_default(),
+        held,
+        duration,
+        interfaces,
+        default_interface,
+    })
+}
+
+/// Lease annotation: the exact lease duration in milliseconds (leaseDurationSeconds is whole
+/// seconds, rounded up).
+pub const LEASE_DURATION_MS_ANNOTATION: &str = "vipam.io/lease-duration-ms";
+
+/// A node as ownership sees it.
+pub fn node_view(
+    node: &Node,
+    lease: Option<&LeaseFacts>,
+    liveness: &Liveness,
+    now: Duration,
+) -> NodeView {
+    let name = node.name_any();
+    let labels = node.labels().clone();
+    let network_unavailable = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+        });
+    NodeView {
+        excluded: labels.contains_key(EXCLUDE_LABEL),
+        live: liveness.is_live(&name, now),
+        interfaces: lease.map(|l| l.interfaces.clone()).unwrap_or_default(),
+        default_interface: lease.and_then(|l| l.default_interface.clone()),
+        name,
+        labels,
+        network_unavailable,
+    }
+}
+
+/// Nodes running a ready endpoint, per (namespace, Service name).
+pub fn ready_nodes<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for slice in slices {
+        let Some(service) = slice.labels().get("kubernetes.io/service-name") else {
+            continue;
+        };
+        let namespace = slice.namespace().unwrap_or_default();
+        let nodes = out.entry((namespace, service.clone())).or_default();
+        for endpoint in &slice.endpoints {
+            // Kubernetes: a nil `ready` means ready.
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            if ready && let Some(node) = &endpoint.node_name {
+                nodes.insert(node.clone());
+            }
+        }
+    }
+    out
+}
+
+/// An IPAllocation as an address to announce; None when there is nothing to announce
+/// (released, malformed, or none of its Services exists any more).
+pub fn address_view(
+    allocation: &IPAllocation,
+    services: &BTreeMap<(String, String), &Service>,
+    ready: &BTreeMap<(String, String), BTreeSet<String>>,
+) -> Option<AddressView> {
+    if allocation
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_ref())
+        .is_some_and(|p| *p == AllocationPhase::Released)
+    {
+        return None;
+    }
+    let ip: IpAddr = allocation.spec.ip.parse().ok()?;
+    let holders: Vec<ServiceOnAddress> = allocation
+        .spec
+        .services
+        .iter()
+        .filter_map(|held| {
+            let key = (held.namespace.clone(), held.name.clone());
+            let service = services.get(&key)?;
+            let local_traffic = service
+                .spec
+                .as_ref()
+                .and_then(|s| s.external_traffic_policy.as_deref())
+                == Some("Local");
+            Some(ServiceOnAddress {
+                labels: service.labels().clone(),
+                local_traffic,
+                ready_nodes: ready.get(&key).cloned().unwrap_or_default(),
+                namespace: key.0,
+                name: key.1,
+            })
+        })
+        .collect();
+    if holders.is_empty() {
+        return None;
+    }
+    Some(AddressView {
+        ip,
+        pool: allocation.spec.pool.clone(),
+        services: holders,
+    })
+}
+
+/// Services indexed by (namespace, name).
+pub fn index_services<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+) -> BTreeMap<(String, String), &'a Service> {
+    services
+        .into_iter()
+        .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn lease_facts_read_holder_duration_and_interfaces() {
+        let lease: Lease = from(json!({
+            "metadata": {"name": "vipam-agent-node-1", "resourceVersion": "42",
+                "annotations": {"vipam.io/interfaces": "eth0, eth1,", "vipam.io/default-interface": "eth0",
+                                "vipam.io/lease-duration-ms": "1500"}},
+            "spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 2}
+        }));
+        let facts = lease_facts(&lease, Duration::from_secs(3)).unwrap();
+        assert_eq!(facts.node, "node-1");
+        assert_eq!(facts.version, "42");
+        assert!(facts.held);
+        assert_eq!(facts.duration, Duration::from_millis(1500));
+        assert_eq!(facts.interfaces, ["eth0", "eth1"]);
+        assert_eq!(facts.default_interface.as_deref(), Some("eth0"));
+
+        let released: Lease = from(json!({"metadata": {"name": "vipam-agent-n2"}, "spec": {}}));
+        let facts = lease_facts(&released, Duration::from_secs(3)).unwrap();
+        assert!(!facts.held);
+        assert_eq!(facts.duration, Duration::from_secs(3));
+        let other: Lease = from(json!({"metadata": {"name": "vipam-controller"}}));
+        assert_eq!(lease_facts(&other, Duration::from_secs(3)), None);
+    }
+
+    #[test]
+    fn ready_nodes_count_ready_and_unset_conditions_only() {
+        let slice: EndpointSlice = from(json!({
+            "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "nodeName": "a", "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "nodeName": "b", "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"], "nodeName": "c"},
+                {"addresses": ["10.0.0.4"]}
+            ]
+        }));
+        let ready = ready_nodes([&slice]);
+        let nodes = &ready[&("shop".to_string(), "web".to_string())];
+        assert_eq!(nodes.iter().collect::<Vec<_>>(), ["a", "c"]);
+    }
+
+    #[test]
+    fn address_view_skips_released_and_vanished_services() {
+        let service: Service = from(json!({
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"tier": "web"}},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}
+        }));
+        let index = index_services([&service]);
+        let allocation: IPAllocation = from(json!({
+            "metadata": {"name": "v4-192-0-2-10"},
+            "spec": {"ip": "192.0.2.10", "pool": "lan", "services": [
+                {"namespace": "shop", "name": "web"}, {"namespace": "shop", "name": "gone"}]}
+        }));
+        let ready = BTreeMap::from([(
+            ("shop".to_string(), "web".to_string()),
+            BTreeSet::from(["n1".to_string()]),
+        )]);
+        let view = address_view(&allocation, &index, &ready).unwrap();
+        assert_eq!(view.ip, "192.0.2.10".parse::<IpAddr>().unwrap());
+        assert_eq!(view.services.len(), 1);
+        assert!(view.services[0].local_traffic);
+        assert_eq!(view.services[0].labels["tier"], "web");
+        assert!(view.services[0].ready_nodes.contains("n1"));
+
+        let mut released = allocation.clone();
+        released.status = Some(from(json!({"phase": "Released"})));
+        assert_eq!(address_view(&released, &index, &ready), None);
+        let mut orphan = allocation;
+        orphan.spec.services.retain(|s| s.name == "gone");
+        assert_eq!(address_view(&orphan, &index, &ready), None);
+    }
+
+    #[test]
+    fn rules_report_what_is_invalid() {
+        let l2: L2Announcement = from(json!({
+            "metadata": {"name": "lan"},
+            "spec": {"interfaces": ["^eth[0-9]+$", "(bad"], "mode": "address"}
+        }));
+        let err = rule(&l2).unwrap_err();
+        assert!(
+            err.contains("L2Announcement lan") && err.contains("(bad"),
+            "{err}"
+        );
+        let ok: L2Announcement = from(json!({
+            "metadata": {"name": "lan"},
+            "spec": {"interfaces": ["^eth[0-9]+$"], "mode": "address", "ipPools": ["lan"]}
+        }));
+        let r = rule(&ok).unwrap();
+        assert_eq!(r.mode, AnnounceMode::Address);
+        assert_eq!(r.ip_pools, ["lan"]);
+    }
+
+    #[test]
+    fn node_view_reads_exclusion_and_network() {
+        let node: Node = from(json!({
+            "metadata": {"name": "n1", "labels": {EXCLUDE_LABEL: ""}},
+            "status": {"conditions": [{"type": "NetworkUnavailable", "status": "True"}]}
+        }));
+        let view = node_view(&node, None, &Liveness::default(), Duration::ZERO);
+        assert!(view.excluded && view.network_unavailable && !view.live);
+    }
+}

@@ -1,0 +1,343 @@
+//! The control-plane VIP end to end, as root, in real network namespaces: three control-plane
+//! "nodes" running `vipam agent --control-plane` against the fake API, a stand-in API server on
+//! :6443 in each (its /readyz can be switched off), and a client connecting to the VIP.
+//! Also: the generated manifests validate against the Kubernetes schemas.
+//! See tests/cplab for the set-up.
+
+#[path = "agentlab/mod.rs"]
+mod agentlab;
+#[path = "cplab/mod.rs"]
+mod cplab;
+#[path = "netlab/mod.rs"]
+mod netlab;
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentlab::{AgentFlags, gap_after};
+use clap::Parser;
+use cplab::CpLab;
+use serde_json::{Value, json};
+use support::Outage;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// `vipam agent`'s flags, parsed as the binary parses them.
+#[derive(Parser)]
+struct AgentCli {
+    #[command(flatten)]
+    agent: vipam::agent::AgentArgs,
+}
+
+#[test]
+fn the_leader_holds_the_vip_a_crash_moves_it_and_a_restart_leaves_one_holder() {
+    let cp = CpLab::new("cp-crash", AgentFlags::default(), &[]);
+    cp.start_all();
+    let first = cp.wait_single_holder(None, 20 * SECOND);
+    assert_eq!(
+        cp.reach(10 * SECOND),
+        first,
+        "the client reached another node"
+    );
+    assert_eq!(cp.lease_holder().as_deref(), Some(first.as_str()));
+    // The holder stays put while nothing happens (no flapping between renewals).
+    std::thread::sleep(3 * SECOND);
+    assert_eq!(cp.holders(), vec![first.clone()]);
+
+    // kill -9: the others take over once the Lease has not changed for 3 s by their clocks.
+    let prober = cp.prober(Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    cp.lab.signal_agent(&first, "KILL");
+    let second = wait_lease_holder(&cp, &first, 10 * SECOND);
+    std::thread::sleep(2 * SECOND);
+    let samples = prober.finish();
+    let (gap, answered) = gap_after(&samples, killed, &first)
+        .unwrap_or_else(|| panic!("no other node answered on the VIP\n{}", cp.lab.logs()));
+    eprintln!("control-plane crash failover gap: {gap:?} ({first} -> {answered})");
+    assert_eq!(answered, second);
+    assert!(gap < 6 * SECOND, "crash failover took {gap:?}");
+
+    // A crash leaves the VIP on the dead process's interface; its restart removes it.
+    cp.start(&first);
+    let holder = cp.wait_single_holder(None, 10 * SECOND);
+    assert_eq!(holder, second, "the restarted node took the VIP back");
+    std::thread::sleep(3 * SECOND);
+    assert_eq!(cp.holders(), vec![second.clone()], "{}", cp.lab.logs());
+    assert_eq!(cp.reach(5 * SECOND), second);
+}
+
+#[test]
+fn an_unhealthy_api_server_gives_the_vip_up_and_sigterm_hands_over() {
+    let cp = CpLab::new("cp-health", AgentFlags::default(), &[]);
+    // node3's API server is unhealthy from the start: it must never take the Lease.
+    cp.set_healthy("node3", false);
+    cp.start_all();
+    let first = cp.wait_single_holder(None, 20 * SECOND);
+    assert_ne!(
+        first, "node3",
+        "a node with an unhealthy API server took the VIP"
+    );
+
+    // The leader's API server fails: after 3 failed checks (500 ms apart) it gives up and
+    // releases the Lease; the one healthy node left takes over at once.
+    let other = if first == "node1" { "node2" } else { "node1" };
+    let failed = Instant::now();
+    cp.set_healthy(&first, false);
+    let second = cp.wait_single_holder(Some(&first), 10 * SECOND);
+    eprintln!(
+        "unhealthy API server: the VIP moved {first} -> {second} in {:?}",
+        failed.elapsed()
+    );
+    assert_eq!(
+        second, other,
+        "the VIP went to a node whose API server is unhealthy"
+    );
+    assert_eq!(cp.reach(5 * SECOND), second);
+
+    // SIGTERM the new leader: it releases the Lease; the former leader, healthy again, takes
+    // over while the leaving node still answers.
+    cp.set_healthy(&first, true);
+    std::thread::sleep(2 * SECOND);
+    assert_eq!(
+        cp.holders(),
+        vec![second.clone()],
+        "the VIP moved back by itself"
+    );
+    let prober = cp.prober(Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let termed = Instant::now();
+    cp.lab.signal_agent(&second, "TERM");
+    assert_eq!(
+        cp.lab.wait_agent_exit(&second, 10 * SECOND),
+        Some(true),
+        "the agent did not exit cleanly on SIGTERM\n{}",
+        cp.lab.logs()
+    );
+    std::thread::sleep(SECOND);
+    let samples = prober.finish();
+    let (gap, third) = gap_after(&samples, termed, &second)
+        .unwrap_or_else(|| panic!("nobody took the VIP over after SIGTERM\n{}", cp.lab.logs()));
+    eprintln!("control-plane graceful handover gap: {gap:?} ({second} -> {third})");
+    assert_eq!(third, first);
+    assert!(gap < 2 * SECOND, "graceful handover took {gap:?}");
+    let failures = samples
+        .iter()
+        .filter(|(at, answer)| *at >= termed && answer.is_none())
+        .count();
+    assert!(
+        failures <= 2,
+        "{failures} probes failed during the handover"
+    );
+    assert_eq!(cp.lease_holder().as_deref(), Some(first.as_str()));
+    assert_eq!(
+        cp.holders(),
+        vec![first.clone()],
+        "the stopped node left the VIP"
+    );
+}
+
+#[test]
+fn the_holder_keeps_the_vip_while_the_api_is_unreachable_from_every_node() {
+    let cp = CpLab::new("cp-outage", AgentFlags::default(), &[]);
+    cp.start_all();
+    let leader = cp.wait_single_holder(None, 20 * SECOND);
+    assert_eq!(cp.reach(10 * SECOND), leader);
+
+    cp.lab.fake.outage(Outage::Refuse);
+    let until = Instant::now() + 10 * SECOND;
+    while Instant::now() < until {
+        assert_eq!(
+            cp.holders(),
+            vec![leader.clone()],
+            "the VIP moved or vanished during the API outage\n{}",
+            cp.lab.logs()
+        );
+        assert_eq!(cp.probe(SECOND).as_deref(), Some(leader.as_str()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cp.lab.fake.resume();
+    // The leader renews again; nobody takes over after the outage.
+    std::thread::sleep(5 * SECOND);
+    assert_eq!(cp.holders(), vec![leader.clone()], "{}", cp.lab.logs());
+    assert_eq!(cp.lease_holder().as_deref(), Some(leader.as_str()));
+}
+
+fn wait_lease_holder(cp: &CpLab, not: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(holder) = cp.lease_holder()
+            && holder != not
+        {
+            return holder;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no other holder of the Lease within {timeout:?}\n{}",
+            cp.lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `vipam manifest ...` output, as JSON objects.
+fn manifest(kind: &str) -> Vec<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_vipam"))
+        .args([
+            "manifest",
+            kind,
+            "--vip",
+            "192.0.2.230",
+            "--interface",
+            "eno1",
+        ])
+        .output()
+        .expect("running vipam manifest");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    text.split("\n---")
+        .map(|doc| doc.trim_start_matches("---").trim())
+        .filter(|doc| !doc.is_empty())
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).expect("YAML"))
+        .collect()
+}
+
+#[test]
+fn the_generated_manifests_are_valid_and_least_privilege() {
+    let pod = manifest("static-pod");
+    let objects = manifest("daemonset");
+    assert_eq!(pod.len(), 1);
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ServiceAccount", "Role", "RoleBinding", "DaemonSet"]
+    );
+
+    let all: Vec<Value> = pod.iter().chain(objects.iter()).cloned().collect();
+    for object in &all {
+        assert!(object.get("status").is_none(), "status in {object}");
+        assert!(
+            object["metadata"].get("creationTimestamp").is_none(),
+            "creationTimestamp in {object}"
+        );
+    }
+    let pod_spec = &pod[0]["spec"];
+    let ds_spec = &objects[3]["spec"]["template"]["spec"];
+    for spec in [pod_spec, ds_spec] {
+        assert_eq!(spec["hostNetwork"], true);
+        let container = &spec["containers"][0];
+        assert_eq!(container["image"], "ghcr.io/vipam/vipam:0.1.0");
+        assert_eq!(
+            container["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert!(container["securityContext"].get("privileged").is_none());
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        for expected in [
+            "agent",
+            "--control-plane",
+            "--vip=192.0.2.230",
+            "--interface=eno1",
+        ] {
+            assert!(args.contains(&expected), "{expected} missing from {args:?}");
+        }
+        // The arguments parse as the binary's flags and say what was asked.
+        let parsed =
+            AgentCli::try_parse_from(std::iter::once("agent").chain(args[1..].iter().copied()))
+                .unwrap_or_else(|e| panic!("the agent refuses {args:?}: {e}"));
+        let cp = parsed.agent.control_plane;
+        assert!(cp.control_plane);
+        assert_eq!(cp.vip, Some("192.0.2.230".parse().unwrap()));
+        assert_eq!(cp.interface.as_deref(), Some("eno1"));
+        assert_eq!(cp.port, 6443);
+        assert_eq!(cp.control_plane_namespace, "kube-system");
+        assert_eq!(parsed.agent.lease_duration, Duration::from_secs(3));
+        assert_eq!(parsed.agent.renew_interval, SECOND);
+        assert_eq!(
+            container["ports"][0]["containerPort"],
+            json!(parsed.agent.admin_addr.port())
+        );
+        assert_eq!(
+            container["livenessProbe"]["httpGet"]["port"],
+            json!(parsed.agent.admin_addr.port())
+        );
+        let kubeconfig = cp.kubeconfig.map(|p| p.display().to_string());
+        if spec == pod_spec {
+            assert_eq!(kubeconfig.as_deref(), Some("/etc/kubernetes/admin.conf"));
+            assert_eq!(
+                container["volumeMounts"][0]["mountPath"],
+                "/etc/kubernetes/admin.conf"
+            );
+        } else {
+            assert_eq!(
+                kubeconfig, None,
+                "the DaemonSet uses the in-cluster configuration"
+            );
+        }
+    }
+    assert_eq!(
+        pod_spec["volumes"][0]["hostPath"]["path"],
+        "/etc/kubernetes/admin.conf"
+    );
+    assert!(
+        ds_spec["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "node-role.kubernetes.io/control-plane")
+    );
+    assert_eq!(
+        ds_spec["nodeSelector"]["node-role.kubernetes.io/control-plane"],
+        ""
+    );
+    assert_eq!(ds_spec["serviceAccountName"], "vipam-control-plane");
+    // RBAC: Leases only, in the Lease's namespace.
+    let role = &objects[1];
+    assert_eq!(role["metadata"]["namespace"], "kube-system");
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(rule["resources"], json!(["leases"]));
+        assert_eq!(rule["apiGroups"], json!(["coordination.k8s.io"]));
+    }
+
+    // Schema validation (kubernetes-validate, strict) with tests/install.rs's script.
+    let request =
+        json!({"versions": ["1.30.0", "1.33.0"], "builtin": all, "crds": [], "custom": []});
+    let mut child = Command::new("python3")
+        .arg("tests/data/install/validate.py")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "python3 is needed: install Python 3 and `python3 -m pip install kubernetes-validate`",
+        );
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "validation failed:\n{text}");
+    assert!(!text.trim().is_empty(), "the validator printed nothing");
+}
