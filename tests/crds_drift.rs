@@ -24,14 +24,31 @@ fn manifests_match_the_rust_types() {
         );
         expected_files.push(name);
     }
-    // No stale CRD files either.
+    // No stale CRD files either (kustomization.yaml lists them for kustomize/base).
     let mut present: Vec<String> = std::fs::read_dir(&dir)
         .expect("manifests/crds exists")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "kustomization.yaml")
         .collect();
     present.sort();
     expected_files.sort();
     assert_eq!(present, expected_files);
+    // The kustomization names exactly the generated files.
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))
+        .expect("manifests/crds/kustomization.yaml exists");
+    let kustomization: serde_json::Value =
+        serde_saphyr::from_str(&kustomization).expect("kustomization.yaml parses");
+    let mut listed: Vec<String> = kustomization["resources"]
+        .as_array()
+        .expect("kustomization.yaml has resources")
+        .iter()
+        .map(|r| r.as_str().expect("resource is a string").to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed, expected_files,
+        "manifests/crds/kustomization.yaml must list exactly the generated CRD files"
+    );
 }
 
 #[test]
