@@ -81,7 +81,7 @@ fn trial(cp: &CpLab, signal: &str) -> Duration {
     gap
 }
 
-fn prober_samples(prober: &cplab::CpProber) -> Vec<(Instant, Option<String>)> {
+fn prober_samples(prober: &agentlab::Prober) -> Vec<(Instant, Option<String>)> {
     prober.samples()
 }
 

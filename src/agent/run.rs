@@ -424,19 +424,7 @@ pub(crate) async fn run_services(
         // The owner of the shared announcer hands over for every part at once.
         return Ok(());
     };
-    let held = announcer.announced().len();
-    let claimed = own_shares
-        .wait_claimed_by_others(args.handover_timeout)
-        .await;
-    tracing::info!(
-        held,
-        claimed = claimed.len(),
-        elapsed_ms = handover.elapsed().as_millis() as u64,
-        "handover done"
-    );
-    if let Err(err) = own_shares.shutdown().await {
-        tracing::warn!(error = %err, "removing addresses at shutdown");
-    }
+    own_shares.hand_over(args.handover_timeout, handover).await;
     Ok(())
 }
 

@@ -312,6 +312,15 @@ impl AgentLab {
 
     /// Probes `ip` from the client every `every` until stopped.
     pub fn prober(&self, ip: IpAddr, every: Duration) -> Prober {
+        self.prober_with(every, move |timeout| probe(ip, timeout))
+    }
+
+    /// Runs `probe` (given its timeout) in the client every `every` until stopped.
+    pub fn prober_with(
+        &self,
+        every: Duration,
+        probe: impl Fn(Duration) -> Option<String> + Send + 'static,
+    ) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (s, out) = (stop.clone(), samples.clone());
@@ -321,7 +330,7 @@ impl AgentLab {
                 let at = Instant::now();
                 // A generous timeout: a loaded CI machine must not turn a slow answer into a
                 // failure (the failover gap is measured from answers, not timeouts).
-                let answer = probe(ip, Duration::from_millis(500));
+                let answer = probe(Duration::from_millis(500));
                 out.lock().unwrap().push((at, answer));
                 let spent = at.elapsed();
                 if spent < every {

@@ -9,14 +9,14 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agentlab::{AgentFlags, AgentLab, NODES};
+use crate::agentlab::{AgentFlags, AgentLab, NODES, Prober};
 
 /// The stand-in API servers' port.
 pub const API_PORT: u16 = 6443;
@@ -166,27 +166,11 @@ impl CpLab {
         }
     }
 
-    /// Probes the VIP from the client every `every` until [`CpProber::finish`].
-    pub fn prober(&self, every: Duration) -> CpProber {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples: Samples = Arc::new(Mutex::new(Vec::new()));
-        let (s, out, vip) = (stop.clone(), samples.clone(), self.vip);
-        let thread = self.lab.net.thread_in("client", move || {
-            while !s.load(Ordering::Acquire) {
-                let at = Instant::now();
-                let answer = probe(vip, every.max(Duration::from_millis(100)));
-                out.lock().unwrap().push((at, answer));
-                let spent = at.elapsed();
-                if spent < every {
-                    std::thread::sleep(every - spent);
-                }
-            }
-        });
-        CpProber {
-            stop,
-            samples,
-            thread: Some(thread),
-        }
+    /// Probes the VIP from the client every `every` until [`Prober::finish`].
+    pub fn prober(&self, every: Duration) -> Prober {
+        let vip = self.vip;
+        self.lab
+            .prober_with(every, move |timeout| probe(vip, timeout))
     }
 }
 
@@ -195,40 +179,6 @@ impl Drop for CpLab {
         self.stop.store(true, Ordering::Release);
         for server in self.servers.drain(..) {
             let _ = server.join();
-        }
-    }
-}
-
-/// Probe results: when, and who answered.
-type Samples = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
-
-/// What the client saw: (when, who answered).
-pub struct CpProber {
-    stop: Arc<AtomicBool>,
-    samples: Samples,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl CpProber {
-    /// What the client saw so far.
-    pub fn samples(&self) -> Vec<(Instant, Option<String>)> {
-        self.samples.lock().unwrap().clone()
-    }
-
-    pub fn finish(mut self) -> Vec<(Instant, Option<String>)> {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        std::mem::take(&mut *self.samples.lock().unwrap())
-    }
-}
-
-impl Drop for CpProber {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -674,17 +674,7 @@ pub async fn run_with(
     let _ = apply_task.await;
     health_task.abort();
     watch_task.abort();
-    let held = shares.announced().len();
-    let claimed = shares.wait_claimed_by_others(args.handover_timeout).await;
-    tracing::info!(
-        held,
-        claimed = claimed.len(),
-        elapsed_ms = handover.elapsed().as_millis() as u64,
-        "handover done"
-    );
-    if let Err(err) = shares.shutdown().await {
-        tracing::warn!(error = %err, "removing addresses at shutdown");
-    }
+    shares.hand_over(args.handover_timeout, handover).await;
     Ok(())
 }
 

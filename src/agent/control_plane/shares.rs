@@ -110,6 +110,22 @@ impl AnnouncerShares {
         self.announcer.announced()
     }
 
+    /// The end of a graceful handover, once the Leases are released: keep answering until the
+    /// new owners announced every address (at most `timeout`), then remove ours.
+    pub async fn hand_over(&self, timeout: Duration, started: std::time::Instant) {
+        let held = self.announced().len();
+        let claimed = self.wait_claimed_by_others(timeout).await;
+        tracing::info!(
+            held,
+            claimed = claimed.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "handover done"
+        );
+        if let Err(err) = self.shutdown().await {
+            tracing::warn!(error = %err, "removing addresses at shutdown");
+        }
+    }
+
     /// The union of the parts' desired addresses; None while the first union must wait.
     fn union(&self, st: &PartsState) -> Option<BTreeMap<IpAddr, Target>> {
         let undecided: Vec<&str> = st
