@@ -341,3 +341,41 @@ fn the_generated_manifests_are_valid_and_least_privilege() {
     assert!(output.status.success(), "validation failed:\n{text}");
     assert!(!text.trim().is_empty(), "the validator printed nothing");
 }
+
+#[test]
+fn the_vip_and_service_addresses_share_one_process() {
+    // `--announce-services`: the control-plane VIP and the Service announcer in one process,
+    // one announcer. Neither part's start-up or enforcement removes the other's addresses.
+    let cp = CpLab::new("cp-both", AgentFlags::default(), &["--announce-services"]);
+    let service_ip: std::net::IpAddr = "192.0.2.215".parse().unwrap();
+    cp.lab.seed_announcement("address");
+    cp.lab.seed_service("web", service_ip, false);
+    cp.start_all();
+
+    let holder = cp.wait_single_holder(None, 20 * SECOND);
+    assert_eq!(cp.reach(10 * SECOND), holder);
+    let owner = cp.lab.wait_announcer(service_ip, None, 20 * SECOND);
+    let deadline = Instant::now() + 10 * SECOND;
+    while cp
+        .lab
+        .probe(service_ip, Duration::from_millis(300))
+        .as_deref()
+        != Some(owner.as_str())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the client does not reach the Service address on {owner}\n{}",
+            cp.lab.logs()
+        );
+    }
+    // Several resyncs later both are still in place, each on its node only.
+    std::thread::sleep(5 * SECOND);
+    assert_eq!(cp.holders(), vec![holder.clone()], "{}", cp.lab.logs());
+    let with_service: Vec<&str> = agentlab::NODES
+        .iter()
+        .copied()
+        .filter(|n| cp.lab.addresses(n, "eth0").contains("192.0.2.215/32"))
+        .collect();
+    assert_eq!(with_service, vec![owner.as_str()], "{}", cp.lab.logs());
+    assert_eq!(cp.reach(5 * SECOND), holder);
+}
