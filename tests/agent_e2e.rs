@@ -11,7 +11,7 @@ mod support;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use agentlab::{AgentFlags, AgentLab, NODES, gap_after};
+use agentlab::{AgentFlags, AgentLab, NODES, failures_after, gap_after};
 use serde_json::json;
 use support::Outage;
 
@@ -46,6 +46,18 @@ fn the_owner_answers_arp_and_ndp_and_only_the_owner() {
     lab.seed_announcement("arp");
     lab.seed_service("web", v4, false);
     lab.seed_service("web6", v6, false);
+    // Bad input next to the good (invariant 7): a malformed IPAllocation and an
+    // L2Announcement whose pattern does not compile are logged and skipped.
+    lab.fake.seed(json!({
+        "apiVersion": "vipam.io/v1alpha1", "kind": "IPAllocation",
+        "metadata": {"name": "v4-192-0-2-199"},
+        "spec": {"ip": 42, "pool": ["not", "a", "name"]},
+    }));
+    lab.fake.seed(json!({
+        "apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement",
+        "metadata": {"name": "broken"},
+        "spec": {"interfaces": ["(eth"], "mode": "arp"},
+    }));
     lab.start_all();
 
     let owner4 = lab.wait_announcer(v4, None, 20 * SECOND);
@@ -93,6 +105,13 @@ fn the_owner_answers_arp_and_ndp_and_only_the_owner() {
         !out.status.success(),
         "someone answered ARP for an unallocated address"
     );
+    for node in NODES {
+        let log = lab.log(node);
+        assert!(
+            log.contains("skipping a malformed object") && log.contains("v4-192-0-2-199"),
+            "{node} did not log the malformed IPAllocation"
+        );
+    }
 }
 
 #[test]
@@ -142,10 +161,7 @@ fn a_crashed_owner_is_replaced_and_sigterm_hands_over() {
     assert_ne!(third, first, "{first}'s agent is dead");
     assert!(gap < 2 * SECOND, "graceful handover took {gap:?}");
     // Every probe after the signal was answered by someone (no blackout longer than a probe).
-    let failures = samples
-        .iter()
-        .filter(|(at, answer)| *at >= termed && answer.is_none())
-        .count();
+    let failures = failures_after(&samples, termed);
     assert!(
         failures <= 2,
         "{failures} probes failed during the graceful handover"

@@ -15,7 +15,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentlab::{AgentFlags, gap_after};
+use agentlab::{AgentFlags, failures_after, gap_after};
 use clap::Parser;
 use cplab::CpLab;
 use serde_json::{Value, json};
@@ -122,10 +122,7 @@ fn an_unhealthy_api_server_gives_the_vip_up_and_sigterm_hands_over() {
     eprintln!("control-plane graceful handover gap: {gap:?} ({second} -> {third})");
     assert_eq!(third, first);
     assert!(gap < 2 * SECOND, "graceful handover took {gap:?}");
-    let failures = samples
-        .iter()
-        .filter(|(at, answer)| *at >= termed && answer.is_none())
-        .count();
+    let failures = failures_after(&samples, termed);
     assert!(
         failures <= 2,
         "{failures} probes failed during the handover"

@@ -464,7 +464,10 @@ fn allocation_fingerprint(guard: &DeserializeGuard<IPAllocation>) -> u64 {
                 .and_then(|s| s.phase.as_ref())
                 .map(|p| format!("{p:?}")),
         )),
-        Err(invalid) => fingerprint(&invalid.error),
+        Err(invalid) => {
+            tracing::warn!(kind = "IPAllocation", name = %invalid.metadata.name.clone().unwrap_or_default(), error = %invalid.error, "skipping a malformed object");
+            fingerprint(&invalid.error)
+        }
     }
 }
 
@@ -505,7 +508,10 @@ fn node_fingerprint(node: &Node) -> u64 {
 fn l2_fingerprint(guard: &DeserializeGuard<L2Announcement>) -> u64 {
     match &guard.0 {
         Ok(l2) => fingerprint(serde_json::to_string(&l2.spec).unwrap_or_default()),
-        Err(invalid) => fingerprint(&invalid.error),
+        Err(invalid) => {
+            tracing::warn!(kind = "L2Announcement", name = %invalid.metadata.name.clone().unwrap_or_default(), error = %invalid.error, "skipping a malformed object");
+            fingerprint(&invalid.error)
+        }
     }
 }
 

@@ -439,6 +439,14 @@ pub fn gap_after(
         })
 }
 
+/// How many probes started at or after `event` got no answer.
+pub fn failures_after(samples: &[(Instant, Option<String>)], event: Instant) -> usize {
+    samples
+        .iter()
+        .filter(|(at, answer)| *at >= event && answer.is_none())
+        .count()
+}
+
 fn probe(ip: IpAddr, timeout: Duration) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&(ip, SERVICE_PORT).into(), timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
