@@ -15,7 +15,8 @@ use super::resources::ResourceType;
 use super::selector::{FieldSelector, LabelSelector, supported_fields};
 use super::status::ApiError;
 use super::store::{
-    DeleteOpts, ListQuery, PatchType, State, WatchQuery, WatchRx, WriteOpts, partial_metadata,
+    DeleteOpts, ListQuery, PatchType, State, WatchLine, WatchQuery, WatchRx, WriteOpts,
+    partial_metadata,
 };
 use super::{FakeApi, Unavailable};
 
@@ -24,7 +25,7 @@ pub type FakeBody = UnsyncBoxBody<Bytes, Infallible>;
 
 enum Outcome {
     Json(u16, Value),
-    Watch(Vec<Value>, Option<WatchRx>, Option<Duration>),
+    Watch(Vec<WatchLine>, Option<WatchRx>, Option<Duration>),
 }
 
 struct Target {
@@ -107,7 +108,7 @@ fn error_response(e: &ApiError) -> Response<FakeBody> {
 }
 
 fn watch_response(
-    initial: Vec<Value>,
+    initial: Vec<WatchLine>,
     rx: Option<WatchRx>,
     timeout: Option<Duration>,
 ) -> Response<FakeBody> {

@@ -2,6 +2,7 @@
 //! name uniqueness and resourceVersion checks are atomic, as etcd makes them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -43,12 +44,39 @@ struct HistEvent {
     key: TypeKey,
     namespace: String,
     kind: EventType,
-    object: Value,
+    /// Shared with every watcher that is sent the event (no copy per watcher).
+    object: Arc<Value>,
     prev: Option<Value>,
 }
 
+/// One line of a watch response: an event whose object is shared with the history, or any
+/// other JSON (bookmarks, errors). Serialised only when the stream sends it.
+#[derive(Debug, Clone)]
+pub(crate) enum WatchLine {
+    Event {
+        kind: &'static str,
+        object: Arc<Value>,
+    },
+    Raw(Value),
+}
+
+impl serde::Serialize for WatchLine {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            WatchLine::Event { kind, object } => {
+                let mut map = serializer.serialize_map(Some(2))?;
+                map.serialize_entry("type", kind)?;
+                map.serialize_entry("object", &**object)?;
+                map.end()
+            }
+            WatchLine::Raw(value) => value.serialize(serializer),
+        }
+    }
+}
+
 /// What a watch stream receives; one line of the watch response each.
-pub(crate) type WatchRx = mpsc::UnboundedReceiver<Value>;
+pub(crate) type WatchRx = mpsc::UnboundedReceiver<WatchLine>;
 
 struct Watcher {
     key: TypeKey,
@@ -58,7 +86,7 @@ struct Watcher {
     fields: FieldSelector,
     bookmarks: bool,
     metadata_only: bool,
-    tx: mpsc::UnboundedSender<Value>,
+    tx: mpsc::UnboundedSender<WatchLine>,
 }
 
 impl Watcher {
@@ -66,18 +94,18 @@ impl Watcher {
         self.labels.matches_object(obj) && self.fields.matches_object(obj)
     }
 
-    fn wrap(&self, kind: &str, obj: Value) -> Value {
-        let obj = if self.metadata_only {
-            partial_metadata(&obj)
+    fn wrap(&self, kind: &'static str, obj: Arc<Value>) -> WatchLine {
+        let object = if self.metadata_only {
+            Arc::new(partial_metadata(&obj))
         } else {
             obj
         };
-        json!({"type": kind, "object": obj})
+        WatchLine::Event { kind, object }
     }
 
     /// The event this watcher sees for a change, following the watch cache: an object that
     /// enters the selector is ADDED, one that leaves it is DELETED.
-    fn event_for(&self, ev: &HistEvent) -> Option<Value> {
+    fn event_for(&self, ev: &HistEvent) -> Option<WatchLine> {
         if ev.key != self.key
             || self
                 .namespace
@@ -99,7 +127,7 @@ impl Watcher {
                     (true, false) => {
                         let mut last = ev.prev.clone().unwrap_or(Value::Null);
                         set_meta(&mut last, "resourceVersion", json!(ev.rv.to_string()));
-                        Some(self.wrap("DELETED", last))
+                        Some(self.wrap("DELETED", Arc::new(last)))
                     }
                     _ => None,
                 }
@@ -346,7 +374,7 @@ impl State {
             key: type_key(rt),
             namespace: key.0,
             kind,
-            object: obj.clone(),
+            object: Arc::new(obj.clone()),
             prev,
         };
         // A watcher whose stream was dropped fails to send and is forgotten.
@@ -389,7 +417,8 @@ impl State {
             if !w.bookmarks {
                 return !w.tx.is_closed();
             }
-            w.tx.send(bookmark(&w.rt, &rv, false)).is_ok()
+            w.tx.send(WatchLine::Raw(bookmark(&w.rt, &rv, false)))
+                .is_ok()
         });
     }
 
@@ -1069,7 +1098,7 @@ impl State {
         rt: &ResourceType,
         ns: Option<&str>,
         q: WatchQuery,
-    ) -> Result<(Vec<Value>, Option<WatchRx>), ApiError> {
+    ) -> Result<(Vec<WatchLine>, Option<WatchRx>), ApiError> {
         let start =
             match q.resource_version.as_deref() {
                 None | Some("") | Some("0") => None,
@@ -1107,7 +1136,9 @@ impl State {
                         self.compacted_rv + 1
                     ));
                     return Ok((
-                        vec![json!({"type": "ERROR", "object": gone.to_status()})],
+                        vec![WatchLine::Raw(
+                            json!({"type": "ERROR", "object": gone.to_status()}),
+                        )],
                         None,
                     ));
                 }
@@ -1121,11 +1152,11 @@ impl State {
             _ => {
                 for obj in self.all_objects(rt, ns) {
                     if watcher.passes(&obj) {
-                        initial.push(watcher.wrap("ADDED", obj));
+                        initial.push(watcher.wrap("ADDED", Arc::new(obj)));
                     }
                 }
                 if q.send_initial_events {
-                    initial.push(bookmark(rt, &self.rv.to_string(), true));
+                    initial.push(WatchLine::Raw(bookmark(rt, &self.rv.to_string(), true)));
                 }
             }
         }
