@@ -36,9 +36,20 @@ fn rv(object: &IPAllocation) -> Option<u64> {
 }
 
 impl LedgerState {
-    /// Records an object unless what is held is newer (a late watch event after our own write).
+    /// Records an object unless what is held is the same version or newer: the watch echo of
+    /// this replica's own write (already applied when the write returned), or a late event.
+    /// Skipping the echo also keeps an in-flight reservation on that address intact.
     pub fn apply(&mut self, object: IPAllocation) {
         let name = object.name_any();
+        if let Some(held) = allocation_ip(&name).and_then(|ip| self.objects.get(&ip))
+            && let (Some(held_rv), Some(new_rv)) = (rv(held), rv(&object))
+            && held_rv >= new_rv
+        {
+            if let Some(seen) = self.relisting.as_mut() {
+                seen.insert(name);
+            }
+            return;
+        }
         if let Some(seen) = self.relisting.as_mut() {
             seen.insert(name.clone());
         }
@@ -49,12 +60,6 @@ impl LedgerState {
                 return;
             }
         };
-        if let Some(held) = self.objects.get(&entry.ip)
-            && let (Some(held_rv), Some(new_rv)) = (rv(held), rv(&object))
-            && held_rv > new_rv
-        {
-            return;
-        }
         self.objects.insert(entry.ip, object);
         self.ledger.upsert(entry);
     }
@@ -253,4 +258,79 @@ fn spawn_ledger_watch(client: Client, ledger: LiveLedger, synced: Arc<AtomicBool
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::allocation_object;
+    use crate::core::allocate::{LedgerEntry, Member};
+    use crate::core::request::ServiceRef;
+
+    fn entry(ip: &str, service: &str) -> LedgerEntry {
+        LedgerEntry {
+            ip: ip.parse().unwrap(),
+            pool: "lan".into(),
+            sharing_key: None,
+            members: vec![Member {
+                service: ServiceRef::new("apps", service),
+                ports: Vec::new(),
+                cross_namespace: Default::default(),
+                etp_local: false,
+                selector: BTreeMap::new(),
+            }],
+            released_at: None,
+        }
+    }
+
+    fn object(entry: &LedgerEntry, rv: u64) -> IPAllocation {
+        let mut object = allocation_object(entry);
+        object.metadata.resource_version = Some(rv.to_string());
+        object
+    }
+
+    fn holder(state: &LedgerState, ip: &str) -> Option<String> {
+        let entry = state.ledger.get(&ip.parse().unwrap())?;
+        Some(entry.members[0].service.name.clone())
+    }
+
+    #[test]
+    fn only_newer_versions_replace_what_is_held() {
+        let mut state = LedgerState::default();
+        state.apply(object(&entry("192.0.2.10", "web"), 5));
+        assert_eq!(holder(&state, "192.0.2.10").as_deref(), Some("web"));
+        // A late event and the echo of the same version change nothing.
+        state.apply(object(&entry("192.0.2.10", "old"), 4));
+        state.apply(object(&entry("192.0.2.10", "echo"), 5));
+        assert_eq!(holder(&state, "192.0.2.10").as_deref(), Some("web"));
+        state.apply(object(&entry("192.0.2.10", "api"), 6));
+        assert_eq!(holder(&state, "192.0.2.10").as_deref(), Some("api"));
+        assert_eq!(rv(&state.objects[&"192.0.2.10".parse().unwrap()]), Some(6));
+    }
+
+    #[test]
+    fn the_echo_of_a_held_version_keeps_a_reservation_in_flight() {
+        let mut state = LedgerState::default();
+        state.apply(object(&entry("192.0.2.11", "web"), 7));
+        // A request of this replica reserves the address for a replace that is in flight.
+        state.ledger.upsert(entry("192.0.2.11", "web-and-api"));
+        // A relist delivers the version already held.
+        state.begin_relist();
+        state.apply(object(&entry("192.0.2.11", "web"), 7));
+        state.end_relist();
+        assert_eq!(holder(&state, "192.0.2.11").as_deref(), Some("web-and-api"));
+        assert!(state.objects.contains_key(&"192.0.2.11".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_relist_drops_what_vanished_and_keeps_what_it_saw() {
+        let mut state = LedgerState::default();
+        state.apply(object(&entry("192.0.2.12", "a"), 1));
+        state.apply(object(&entry("192.0.2.13", "b"), 2));
+        state.begin_relist();
+        state.apply(object(&entry("192.0.2.13", "b"), 2));
+        state.end_relist();
+        assert_eq!(holder(&state, "192.0.2.12"), None);
+        assert_eq!(holder(&state, "192.0.2.13").as_deref(), Some("b"));
+    }
 }

@@ -4,13 +4,14 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine;
 use serde_json::{Value, json};
-use support::FakeApi;
+use support::{FakeApi, Fault, Verb};
 use tower::ServiceExt;
 use vipam::admin::Metrics;
 use vipam::cache::Caches;
@@ -863,5 +864,37 @@ async fn an_unchanged_update_keeps_the_address_after_a_pool_edit() {
     assert_eq!(
         h.service(&repin).await.assigned().as_deref(),
         Some("192.0.2.4")
+    );
+}
+
+#[tokio::test]
+async fn the_ledger_keeps_an_address_whose_watch_event_came_before_the_create_returned() {
+    let h = harness(vec![lan()]).await;
+    // The create is stored (and its watch event sent) 200 ms before its answer arrives.
+    h.fake.inject(
+        Fault::delay(Duration::from_millis(200))
+            .verb(Verb::Create)
+            .resource("ipallocations")
+            .after_commit(),
+    );
+    let a = h.service(&create("apps", "web", no_edit)).await;
+    assert_eq!(a.assigned().as_deref(), Some("192.0.2.1"), "{a:?}");
+    // The address stays in this replica's ledger: the next Service gets another one, and a pin
+    // on it is refused with the holder.
+    let b = h.service(&create("apps", "api", no_edit)).await;
+    assert_eq!(b.assigned().as_deref(), Some("192.0.2.2"), "{b:?}");
+    let c = h
+        .service(&create("apps", "pinned", |s| {
+            annotate(s, "vipam.io/ips", "192.0.2.1")
+        }))
+        .await;
+    assert!(!c.allowed, "{c:?}");
+    assert!(c.message.contains("apps/web"), "{}", c.message);
+    assert_eq!(
+        h.allocations(),
+        vec![
+            ("192.0.2.1".into(), vec!["apps/web".into()]),
+            ("192.0.2.2".into(), vec!["apps/api".into()])
+        ]
     );
 }

@@ -150,12 +150,11 @@ pub fn allocation_entry(allocation: &IPAllocation) -> Result<LedgerEntry, Conver
             allocation_name(&ip)
         )));
     }
-    let status = allocation.status.clone().unwrap_or_default();
-    let released_at = match status.phase {
+    let status = allocation.status.as_ref();
+    let released_at = match status.and_then(|s| s.phase.as_ref()) {
         Some(AllocationPhase::Released) => Some(
             status
-                .released_at
-                .as_ref()
+                .and_then(|s| s.released_at.as_ref())
                 .map(seconds)
                 .or_else(|| allocation.metadata.creation_timestamp.as_ref().map(seconds))
                 .unwrap_or(0),

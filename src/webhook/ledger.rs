@@ -182,20 +182,35 @@ impl LedgerView {
         let mut state = self.caches.ledger.lock();
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         for write in writes {
-            let Some(reservation) = inflight.remove(&write.ip()) else {
+            let ip = write.ip();
+            let Some(reservation) = inflight.remove(&ip) else {
                 continue;
             };
-            // Undo an unconfirmed reservation, unless the watch replaced it meanwhile.
-            if state.ledger.get(&write.ip()) == Some(&reservation.mine) {
+            if done
+                .iter()
+                .any(|object| object.spec.ip.parse::<IpAddr>() == Ok(ip))
+            {
+                // Confirmed: applying the written object below records the truth (or nothing,
+                // if its watch event came first).
+                continue;
+            }
+            // Undo an unconfirmed reservation, unless a watch event for the address arrived
+            // meanwhile (it holds the truth now).
+            let held_rv = |object: Option<&IPAllocation>| {
+                object.and_then(|o| o.metadata.resource_version.clone())
+            };
+            let untouched = held_rv(state.objects.get(&ip))
+                == held_rv(reservation.previous.as_ref().and_then(|(_, o)| o.as_ref()));
+            if untouched && state.ledger.get(&ip) == Some(&reservation.mine) {
                 match reservation.previous {
                     Some((entry, object)) => {
                         state.ledger.upsert(entry);
                         if let Some(object) = object {
-                            state.objects.insert(write.ip(), object);
+                            state.objects.insert(ip, object);
                         }
                     }
                     None => {
-                        state.ledger.remove(&write.ip());
+                        state.ledger.remove(&ip);
                     }
                 }
             }
