@@ -5,6 +5,11 @@
 //! in-process fake API) side by side, in the same run, with a minimal axum TLS handler that
 //! returns a fixed "allowed" review (the floor for TLS + HTTP + JSON on this machine). Clients
 //! keep one HTTP/1.1 connection each; concurrency 1, 16 and 64, a few seconds each.
+//!
+//! Two more rows explain the cost: the same CREATEs as dry runs (the decision without the API
+//! write), and the API write alone (a kube client creating IPAllocations on the fake while the
+//! webhook's ledger watch applies each event). "CPU per admission" is the process's CPU time
+//! (client, servers and fake together) divided by the admissions of the row.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -20,12 +25,17 @@ use axum_server::tls_rustls::RustlsConfig;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use kube::Api;
+use kube::api::PostParams;
 use serde_json::json;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
 use vipam::admin::Metrics;
+use vipam::api::{IPAllocation, allocation_object};
 use vipam::cache::Caches;
+use vipam::core::allocate::{LedgerEntry, Member};
 use vipam::core::request::RequestPolicy;
+use vipam::core::request::{CrossNamespace, PortKey, ServiceRef};
 use vipam::webhook::{self, WebhookState, ledger::LedgerView};
 
 const RUN: Duration = Duration::from_secs(3);
@@ -71,9 +81,23 @@ async fn serve(router: Router, tls: RustlsConfig) -> SocketAddr {
     handle.listening().await.expect("listening")
 }
 
+/// CPU time of the whole process (client, servers and fake API), user + system.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
 struct Result {
     requests: usize,
     elapsed: Duration,
+    /// Process CPU time spent during the run.
+    cpu: Duration,
     p50: Duration,
     p99: Duration,
 }
@@ -86,6 +110,7 @@ async fn load(
     next: Arc<AtomicUsize>,
 ) -> Result {
     let started = Instant::now();
+    let cpu_started = cpu_time();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (connector, bodies, next) = (connector.clone(), bodies.clone(), next.clone());
@@ -123,15 +148,74 @@ async fn load(
             latencies
         }));
     }
+    summarize(started, cpu_started, tasks).await
+}
+
+/// The API write alone, as the webhook makes it: `concurrency` tasks creating new
+/// IPAllocations through a kube client on the in-process fake, while the webhook's ledger watch
+/// receives and applies every event.
+async fn load_api(api: Api<IPAllocation>, concurrency: usize, next: Arc<AtomicUsize>) -> Result {
+    let started = Instant::now();
+    let cpu_started = cpu_time();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (api, next) = (api.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < RUN {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let object = api_object(i);
+                let t = Instant::now();
+                api.create(&PostParams::default(), &object).await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    summarize(started, cpu_started, tasks).await
+}
+
+/// An IPAllocation like the ones the webhook records, in a /64 no pool uses.
+fn api_object(i: usize) -> IPAllocation {
+    let ip =
+        std::net::Ipv6Addr::from(0x2001_0db8_0002_0000_0000_0000_0000_0000u128 + i as u128 + 1);
+    let mut object = allocation_object(&LedgerEntry {
+        ip: ip.into(),
+        pool: "api-only".into(),
+        sharing_key: None,
+        members: vec![Member {
+            service: ServiceRef::new(format!("ns-{}", i % 50), format!("api-{i}")),
+            ports: vec![PortKey {
+                protocol: "TCP".into(),
+                port: 443,
+            }],
+            cross_namespace: CrossNamespace::None,
+            etp_local: false,
+            selector: [("app".to_string(), format!("api-{i}"))].into(),
+        }],
+        released_at: None,
+    });
+    object.status = None;
+    object
+}
+
+/// Latencies of every task, the run's wall and CPU time.
+async fn summarize(
+    started: Instant,
+    cpu_started: Duration,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+) -> Result {
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.unwrap());
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_time() - cpu_started;
     all.sort();
     Result {
         requests: all.len(),
         elapsed,
+        cpu,
         p50: all[all.len() / 2],
         p99: all[(all.len() * 99 / 100).min(all.len() - 1)],
     }
@@ -187,27 +271,50 @@ fn main() {
         // Dry runs decide the same way but write nothing: the webhook's own cost.
         let dry_bodies: Arc<Vec<Bytes>> = Arc::new((0..1000).map(|i| review_with(i, true)).collect());
         let dry_next = Arc::new(AtomicUsize::new(0));
-        println!("| concurrency | handler | admissions | admissions/s | p50 | p99 |");
-        println!("|---|---|---|---|---|---|");
-        for concurrency in [1, 16, 64] {
-            for (name, addr, counter, bodies) in [
-                ("floor (fixed answer)", floor_addr, &floor_next, &bodies),
-                ("vipam, dry run (decides, writes nothing)", vipam_addr, &dry_next, &dry_bodies),
-                ("vipam webhook (decides, records the IPAllocation)", vipam_addr, &next, &bodies),
+        println!("| concurrency | handler | admissions | admissions/s | p50 | p99 | CPU per admission |");
+        println!("|---|---|---|---|---|---|---|");
+        // ADMISSION_BENCH_ONLY=floor|dry|recorded|api and ADMISSION_BENCH_CONCURRENCY=N narrow
+        // the run (for profiling one row).
+        let only = std::env::var("ADMISSION_BENCH_ONLY").ok();
+        let levels: Vec<usize> = match std::env::var("ADMISSION_BENCH_CONCURRENCY") {
+            Ok(n) => vec![n.parse().expect("ADMISSION_BENCH_CONCURRENCY is a number")],
+            Err(_) => vec![1, 16, 64],
+        };
+        let allocations: Api<IPAllocation> = Api::all(fake.client());
+        let api_next = Arc::new(AtomicUsize::new(0));
+        for concurrency in levels {
+            for (row, name) in [
+                ("floor", "floor (fixed answer)"),
+                ("dry", "vipam, dry run (decides, writes nothing)"),
+                ("recorded", "vipam webhook (decides, records the IPAllocation)"),
+                ("api", "API write alone (kube client create on the fake, watched)"),
             ] {
-                let r = load(addr, connector.clone(), concurrency, bodies.clone(), counter.clone()).await;
+                if only.as_deref().is_some_and(|o| o != row) {
+                    continue;
+                }
+                let r = match row {
+                    "floor" => load(floor_addr, connector.clone(), concurrency, bodies.clone(), floor_next.clone()).await,
+                    "dry" => load(vipam_addr, connector.clone(), concurrency, dry_bodies.clone(), dry_next.clone()).await,
+                    "recorded" => load(vipam_addr, connector.clone(), concurrency, bodies.clone(), next.clone()).await,
+                    _ => load_api(allocations.clone(), concurrency, api_next.clone()).await,
+                };
                 println!(
-                    "| {concurrency} | {name} | {} | {:.0} | {:.0} µs | {:.0} µs |",
+                    "| {concurrency} | {name} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
                     r.requests,
                     r.requests as f64 / r.elapsed.as_secs_f64(),
                     r.p50.as_secs_f64() * 1e6,
-                    r.p99.as_secs_f64() * 1e6
+                    r.p99.as_secs_f64() * 1e6,
+                    r.cpu.as_secs_f64() * 1e6 / r.requests as f64
                 );
             }
         }
         let ledger = fake.list("ipallocations", None).len();
         let admitted = next.load(Ordering::Relaxed);
-        println!("\nvipam admissions: {admitted}; IPAllocations recorded in the fake API: {ledger}");
-        assert_eq!(ledger, admitted, "every admission recorded exactly one new address");
+        let api_only = api_next.load(Ordering::Relaxed);
+        println!(
+            "\nvipam admissions: {admitted}; API-only creates: {api_only}; IPAllocations in the \
+             fake API: {ledger}"
+        );
+        assert_eq!(ledger, admitted + api_only, "every admission recorded exactly one new address");
     });
 }
