@@ -197,6 +197,24 @@ pub fn router(metrics: Arc<dyn MetricsText>, readiness: Readiness) -> Router {
         .with_state(AdminState { metrics, readiness })
 }
 
+/// Binds `addr` and serves the admin endpoints in the background; a bind failure is returned
+/// (the caller names the flag), a later serve failure is logged.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    metrics: Arc<dyn MetricsText>,
+    readiness: Readiness,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let router = router(metrics, readiness);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::error!(error = %err, "admin server stopped");
+        }
+    });
+    tracing::info!(%addr, "admin endpoints listening");
+    Ok(())
+}
+
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let missing = state.readiness.missing();
     if missing.is_empty() {

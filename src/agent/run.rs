@@ -250,18 +250,12 @@ pub async fn run_with(
     let net = NetCounters::default();
     let metrics = Arc::new(AgentMetrics::new(net.clone()));
     let (readiness, flags) = Readiness::new(&["caches", "announcer"]);
-    let listener = tokio::net::TcpListener::bind(args.admin_addr)
+    admin::serve(args.admin_addr, metrics.clone(), readiness)
         .await
         .map_err(|source| AgentError::Admin {
             addr: args.admin_addr,
             source,
         })?;
-    let admin_router = admin::router(metrics.clone(), readiness);
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, admin_router).await {
-            tracing::error!(error = %err, "admin server stopped");
-        }
-    });
     run_services(
         args,
         client,

@@ -167,19 +167,12 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let (readiness, flags) = Readiness::new(&["certificate", "caches"]);
     let (caches, writers) = Caches::new();
 
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+    admin::serve(args.admin_addr, metrics.clone(), readiness)
         .await
         .map_err(|source| ControllerError::Serve {
             addr: args.admin_addr,
             source,
         })?;
-    let admin_router = admin::router(metrics.clone(), readiness);
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(admin_listener, admin_router).await {
-            tracing::error!(error = %err, "admin server stopped");
-        }
-    });
-    tracing::info!(addr = %args.admin_addr, "admin endpoints listening");
 
     let caches_synced = flags[1].clone();
     let sync_client = client.clone();

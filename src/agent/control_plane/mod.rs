@@ -566,24 +566,16 @@ pub async fn run_with(
         &["control-plane"]
     };
     let (readiness, flags) = Readiness::new(names);
-    let listener = tokio::net::TcpListener::bind(args.admin_addr)
+    let all_metrics = Arc::new(AllMetrics {
+        agent: agent_metrics.clone(),
+        control_plane: cp_metrics.clone(),
+    });
+    admin::serve(args.admin_addr, all_metrics, readiness)
         .await
         .map_err(|source| AgentError::Admin {
             addr: args.admin_addr,
             source,
         })?;
-    let admin_router = admin::router(
-        Arc::new(AllMetrics {
-            agent: agent_metrics.clone(),
-            control_plane: cp_metrics.clone(),
-        }),
-        readiness,
-    );
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, admin_router).await {
-            tracing::error!(error = %err, "admin server stopped");
-        }
-    });
 
     let announcer = Announcer::start(
         AnnouncerConfig {
