@@ -458,15 +458,23 @@ fn probe(ip: IpAddr, timeout: Duration) -> Option<String> {
 
 /// The stand-in workload: answers every connection with the node's name.
 fn serve_name(name: &str, stop: &AtomicBool) {
-    let listener = TcpListener::bind(("::", SERVICE_PORT)).expect("binding the node server");
+    serve_each(SERVICE_PORT, stop, |mut stream| {
+        let _ = stream.write_all(format!("{name}\n").as_bytes());
+    });
+}
+
+/// Accepts connections on `port` (all addresses) and hands each, blocking, to `answer`, until
+/// `stop` is set.
+pub fn serve_each(port: u16, stop: &AtomicBool, mut answer: impl FnMut(TcpStream)) {
+    let listener = TcpListener::bind(("::", port)).expect("binding a stand-in server");
     listener
         .set_nonblocking(true)
         .expect("non-blocking listener");
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
-            Ok((mut stream, _)) => {
+            Ok((stream, _)) => {
                 let _ = stream.set_nonblocking(false);
-                let _ = stream.write_all(format!("{name}\n").as_bytes());
+                answer(stream);
             }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::agentlab::{AgentFlags, AgentLab, NODES, Prober};
+use crate::agentlab::{AgentFlags, AgentLab, NODES, Prober, serve_each};
 
 /// The stand-in API servers' port.
 pub const API_PORT: u16 = 6443;
@@ -198,42 +198,32 @@ fn probe(vip: IpAddr, timeout: Duration) -> Option<String> {
 
 /// The stand-in API server of one node.
 fn serve_api(name: &str, healthy: &AtomicBool, stop: &AtomicBool) {
-    let listener = TcpListener::bind(("::", API_PORT)).expect("binding the stand-in API server");
-    listener
-        .set_nonblocking(true)
-        .expect("non-blocking listener");
-    while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head);
-                let (status, body) = if head.starts_with("GET /readyz") {
-                    if healthy.load(Ordering::Acquire) {
-                        ("200 OK", "ok".to_string())
-                    } else {
-                        ("500 Internal Server Error", "[-]etcd failed".to_string())
-                    }
-                } else {
-                    ("200 OK", name.to_string())
-                };
-                let _ = stream.write_all(
-                    format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
+    serve_each(API_PORT, stop, |mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
-    }
+        let head = String::from_utf8_lossy(&head);
+        let (status, body) = if head.starts_with("GET /readyz") {
+            if healthy.load(Ordering::Acquire) {
+                ("200 OK", "ok".to_string())
+            } else {
+                ("500 Internal Server Error", "[-]etcd failed".to_string())
+            }
+        } else {
+            ("200 OK", name.to_string())
+        };
+        let _ = stream.write_all(
+            format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    });
 }
