@@ -262,7 +262,25 @@ fn main() {
                 async move { ([("content-type", "application/json")], fixed) }
             }),
         );
-        let floor_addr = serve(floor, tls).await;
+        let floor_addr = serve(floor, tls.clone()).await;
+        // The floor for a webhook that must record before it answers: the fixed answer after one
+        // kube client create of an IPAllocation (no parsing, no decision).
+        let allocations: Api<IPAllocation> = Api::all(fake.client());
+        let api_next = Arc::new(AtomicUsize::new(0));
+        let fixed = Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true,"status":{}}}"#);
+        let (write_api, write_next) = (allocations.clone(), api_next.clone());
+        let write_floor = Router::new().route(
+            "/mutate/service",
+            post(move |_body: Bytes| {
+                let (fixed, api) = (fixed.clone(), write_api.clone());
+                let object = api_object(write_next.fetch_add(1, Ordering::Relaxed));
+                async move {
+                    api.create(&PostParams::default(), &object).await.unwrap();
+                    ([("content-type", "application/json")], fixed)
+                }
+            }),
+        );
+        let write_floor_addr = serve(write_floor, tls).await;
 
         let bodies: Arc<Vec<Bytes>> = Arc::new((0..200_000).map(review).collect());
         // Each admission to vipam is a new Service (a new address); the floor ignores bodies.
@@ -273,18 +291,17 @@ fn main() {
         let dry_next = Arc::new(AtomicUsize::new(0));
         println!("| concurrency | handler | admissions | admissions/s | p50 | p99 | CPU per admission |");
         println!("|---|---|---|---|---|---|---|");
-        // ADMISSION_BENCH_ONLY=floor|dry|recorded|api and ADMISSION_BENCH_CONCURRENCY=N narrow
+        // ADMISSION_BENCH_ONLY=floor|write-floor|dry|recorded|api and ADMISSION_BENCH_CONCURRENCY=N narrow
         // the run (for profiling one row).
         let only = std::env::var("ADMISSION_BENCH_ONLY").ok();
         let levels: Vec<usize> = match std::env::var("ADMISSION_BENCH_CONCURRENCY") {
             Ok(n) => vec![n.parse().expect("ADMISSION_BENCH_CONCURRENCY is a number")],
             Err(_) => vec![1, 16, 64],
         };
-        let allocations: Api<IPAllocation> = Api::all(fake.client());
-        let api_next = Arc::new(AtomicUsize::new(0));
         for concurrency in levels {
             for (row, name) in [
                 ("floor", "floor (fixed answer)"),
+                ("write-floor", "floor + API write (fixed answer after one create)"),
                 ("dry", "vipam, dry run (decides, writes nothing)"),
                 ("recorded", "vipam webhook (decides, records the IPAllocation)"),
                 ("api", "API write alone (kube client create on the fake, watched)"),
@@ -294,6 +311,7 @@ fn main() {
                 }
                 let r = match row {
                     "floor" => load(floor_addr, connector.clone(), concurrency, bodies.clone(), floor_next.clone()).await,
+                    "write-floor" => load(write_floor_addr, connector.clone(), concurrency, bodies.clone(), floor_next.clone()).await,
                     "dry" => load(vipam_addr, connector.clone(), concurrency, dry_bodies.clone(), dry_next.clone()).await,
                     "recorded" => load(vipam_addr, connector.clone(), concurrency, bodies.clone(), next.clone()).await,
                     _ => load_api(allocations.clone(), concurrency, api_next.clone()).await,
@@ -312,8 +330,8 @@ fn main() {
         let admitted = next.load(Ordering::Relaxed);
         let api_only = api_next.load(Ordering::Relaxed);
         println!(
-            "\nvipam admissions: {admitted}; API-only creates: {api_only}; IPAllocations in the \
-             fake API: {ledger}"
+            "\nvipam admissions: {admitted}; creates by the write floor and the API row: \
+             {api_only}; IPAllocations in the fake API: {ledger}"
         );
         assert_eq!(ledger, admitted + api_only, "every admission recorded exactly one new address");
     });
