@@ -6,10 +6,13 @@
 //! returns a fixed "allowed" review (the floor for TLS + HTTP + JSON on this machine). Clients
 //! keep one HTTP/1.1 connection each; concurrency 1, 16 and 64, a few seconds each.
 //!
-//! Two more rows explain the cost: the same CREATEs as dry runs (the decision without the API
-//! write), and the API write alone (a kube client creating IPAllocations on the fake while the
-//! webhook's ledger watch applies each event). "CPU per admission" is the process's CPU time
-//! (client, servers and fake together) divided by the admissions of the row.
+//! Three more rows explain the cost: the floor that also creates one IPAllocation before its
+//! fixed answer (the floor for any webhook that records before it answers), the same CREATEs as
+//! dry runs (the decision without the API write), and the API write alone (a kube client creating
+//! IPAllocations on the fake while the webhook's ledger watch applies each event). "CPU per
+//! admission" is the process's CPU time (client, servers and fake together) divided by the
+//! admissions of the row. Every row starts from the same state: a new runtime, fake API and
+//! webhook with one pool and 1,000 allocations.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -177,21 +180,29 @@ async fn load_api(api: Api<IPAllocation>, concurrency: usize, next: Arc<AtomicUs
 
 /// An IPAllocation like the ones the webhook records, in a /64 no pool uses.
 fn api_object(i: usize) -> IPAllocation {
-    let ip =
-        std::net::Ipv6Addr::from(0x2001_0db8_0002_0000_0000_0000_0000_0000u128 + i as u128 + 1);
+    allocation(
+        0x2001_0db8_0002_0000_0000_0000_0000_0000u128 + i as u128 + 1,
+        "api-only",
+        "api",
+        i,
+    )
+}
+
+/// An IPAllocation of `ip` in `pool` for Service `ns-{i % 50}/{prefix}-{i}`.
+fn allocation(ip: u128, pool: &str, prefix: &str, i: usize) -> IPAllocation {
     let mut object = allocation_object(&LedgerEntry {
-        ip: ip.into(),
-        pool: "api-only".into(),
+        ip: std::net::Ipv6Addr::from(ip).into(),
+        pool: pool.into(),
         sharing_key: None,
         members: vec![Member {
-            service: ServiceRef::new(format!("ns-{}", i % 50), format!("api-{i}")),
+            service: ServiceRef::new(format!("ns-{}", i % 50), format!("{prefix}-{i}")),
             ports: vec![PortKey {
                 protocol: "TCP".into(),
                 port: 443,
             }],
             cross_namespace: CrossNamespace::None,
             etp_local: false,
-            selector: [("app".to_string(), format!("api-{i}"))].into(),
+            selector: [("app".to_string(), format!("{prefix}-{i}"))].into(),
         }],
         released_at: None,
     });
@@ -221,100 +232,200 @@ async fn summarize(
     }
 }
 
-fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
-        let tls = RustlsConfig::from_pem(cert.pem().into_bytes(), key.serialize_pem().into_bytes()).await.unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
-        let client = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = TlsConnector::from(Arc::new(client));
+/// Allocations every row starts with: a ledger of a realistic size, at the top of the pool.
+const SEEDED: usize = 1_000;
 
+const FIXED: &[u8] = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true,"status":{}}}"#;
+
+/// One row's world, built fresh: the fake API (one pool, one L2Announcement, [`SEEDED`]
+/// allocations), the webhook and its caches, and the two floors.
+struct Stand {
+    fake: support::FakeApi,
+    vipam: SocketAddr,
+    floor: SocketAddr,
+    write_floor: SocketAddr,
+    allocations: Api<IPAllocation>,
+    /// Creates by the write floor and the API-only row.
+    api_next: Arc<AtomicUsize>,
+}
+
+impl Stand {
+    async fn new(tls: &RustlsConfig) -> Stand {
         let fake = support::FakeApi::new();
-        fake.seed(json!({"apiVersion": "vipam.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "v6"},
-                         "spec": {"blocks": [{"cidr": "2001:db8:1::/64"}]}}));
+        fake.seed(
+            json!({"apiVersion": "vipam.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "v6"},
+                         "spec": {"blocks": [{"cidr": "2001:db8:1::/64"}]}}),
+        );
         fake.seed(json!({"apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement", "metadata": {"name": "all"}, "spec": {}}));
+        for i in 0..SEEDED {
+            fake.seed(allocation(
+                0x2001_0db8_0001_0000_8000_0000_0000_0000u128 + i as u128,
+                "v6",
+                "seeded",
+                i,
+            ));
+        }
         let (caches, writers) = Caches::new();
         Caches::start(fake.client(), writers, &caches).await;
+        assert_eq!(
+            caches.ledger.lock().ledger.len(),
+            SEEDED,
+            "the webhook read the seeded ledger"
+        );
         let state = Arc::new(WebhookState {
             policy: RequestPolicy::default(),
             sticky_release_secs: 600,
             ledger: LedgerView::new(fake.client(), caches),
             metrics: Arc::new(Metrics::new()),
         });
-        let vipam_addr = serve(webhook::router(state), tls.clone()).await;
-        let fixed = Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true,"status":{}}}"#);
+        let vipam = serve(webhook::router(state), tls.clone()).await;
         let floor = Router::new().route(
             "/mutate/service",
-            post(move |_body: Bytes| {
-                let fixed = fixed.clone();
-                async move { ([("content-type", "application/json")], fixed) }
+            post(|_body: Bytes| async {
+                (
+                    [("content-type", "application/json")],
+                    Bytes::from_static(FIXED),
+                )
             }),
         );
-        let floor_addr = serve(floor, tls.clone()).await;
+        let floor = serve(floor, tls.clone()).await;
         // The floor for a webhook that must record before it answers: the fixed answer after one
         // kube client create of an IPAllocation (no parsing, no decision).
         let allocations: Api<IPAllocation> = Api::all(fake.client());
         let api_next = Arc::new(AtomicUsize::new(0));
-        let fixed = Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true,"status":{}}}"#);
         let (write_api, write_next) = (allocations.clone(), api_next.clone());
         let write_floor = Router::new().route(
             "/mutate/service",
             post(move |_body: Bytes| {
-                let (fixed, api) = (fixed.clone(), write_api.clone());
+                let api = write_api.clone();
                 let object = api_object(write_next.fetch_add(1, Ordering::Relaxed));
                 async move {
                     api.create(&PostParams::default(), &object).await.unwrap();
-                    ([("content-type", "application/json")], fixed)
+                    (
+                        [("content-type", "application/json")],
+                        Bytes::from_static(FIXED),
+                    )
                 }
             }),
         );
-        let write_floor_addr = serve(write_floor, tls).await;
+        let write_floor = serve(write_floor, tls.clone()).await;
+        Stand {
+            fake,
+            vipam,
+            floor,
+            write_floor,
+            allocations,
+            api_next,
+        }
+    }
+}
 
-        let bodies: Arc<Vec<Bytes>> = Arc::new((0..200_000).map(review).collect());
-        // Each admission to vipam is a new Service (a new address); the floor ignores bodies.
-        let next = Arc::new(AtomicUsize::new(0));
-        let floor_next = Arc::new(AtomicUsize::new(0));
-        // Dry runs decide the same way but write nothing: the webhook's own cost.
-        let dry_bodies: Arc<Vec<Bytes>> = Arc::new((0..1000).map(|i| review_with(i, true)).collect());
-        let dry_next = Arc::new(AtomicUsize::new(0));
-        println!("| concurrency | handler | admissions | admissions/s | p50 | p99 | CPU per admission |");
-        println!("|---|---|---|---|---|---|---|");
-        // ADMISSION_BENCH_ONLY=floor|write-floor|dry|recorded|api and ADMISSION_BENCH_CONCURRENCY=N narrow
-        // the run (for profiling one row).
-        let only = std::env::var("ADMISSION_BENCH_ONLY").ok();
-        let levels: Vec<usize> = match std::env::var("ADMISSION_BENCH_CONCURRENCY") {
-            Ok(n) => vec![n.parse().expect("ADMISSION_BENCH_CONCURRENCY is a number")],
-            Err(_) => vec![1, 16, 64],
-        };
-        for concurrency in levels {
-            for (row, name) in [
-                ("floor", "floor (fixed answer)"),
-                ("write-floor", "floor + API write (fixed answer after one create)"),
-                ("dry", "vipam, dry run (decides, writes nothing)"),
-                ("recorded", "vipam webhook (decides, records the IPAllocation)"),
-                ("api", "API write alone (kube client create on the fake, watched)"),
-            ] {
-                if only.as_deref().is_some_and(|o| o != row) {
-                    continue;
-                }
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let tls = runtime()
+        .block_on(RustlsConfig::from_pem(
+            cert.pem().into_bytes(),
+            key.serialize_pem().into_bytes(),
+        ))
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let client =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = TlsConnector::from(Arc::new(client));
+
+    // Each admission to vipam is a new Service (a new address); the floors ignore bodies.
+    let bodies: Arc<Vec<Bytes>> = Arc::new((0..200_000).map(review).collect());
+    // Dry runs decide the same way but write nothing: the webhook's own cost.
+    let dry_bodies: Arc<Vec<Bytes>> = Arc::new((0..1000).map(|i| review_with(i, true)).collect());
+    println!(
+        "| concurrency | handler | admissions | admissions/s | p50 | p99 | CPU per admission |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    // ADMISSION_BENCH_ONLY=floor|write-floor|dry|recorded|api and ADMISSION_BENCH_CONCURRENCY=N
+    // narrow the run (for profiling one row).
+    let only = std::env::var("ADMISSION_BENCH_ONLY").ok();
+    let levels: Vec<usize> = match std::env::var("ADMISSION_BENCH_CONCURRENCY") {
+        Ok(n) => vec![n.parse().expect("ADMISSION_BENCH_CONCURRENCY is a number")],
+        Err(_) => vec![1, 16, 64],
+    };
+    for concurrency in levels {
+        for (row, name) in [
+            ("floor", "floor (fixed answer)"),
+            (
+                "write-floor",
+                "floor + API write (fixed answer after one create)",
+            ),
+            ("dry", "vipam, dry run (decides, writes nothing)"),
+            (
+                "recorded",
+                "vipam webhook (decides, records the IPAllocation)",
+            ),
+            (
+                "api",
+                "API write alone (kube client create on the fake, watched)",
+            ),
+        ] {
+            if only.as_deref().is_some_and(|o| o != row) {
+                continue;
+            }
+            // A fresh runtime and stand per row: no row inherits another's allocations, heap
+            // or tasks; dropping the runtime ends the stand's servers and watches.
+            runtime().block_on(async {
+                let stand = Stand::new(&tls).await;
+                let next = Arc::new(AtomicUsize::new(0));
+                let c = connector.clone();
                 let r = match row {
-                    "floor" => load(floor_addr, connector.clone(), concurrency, bodies.clone(), floor_next.clone()).await,
-                    "write-floor" => load(write_floor_addr, connector.clone(), concurrency, bodies.clone(), floor_next.clone()).await,
-                    "dry" => load(vipam_addr, connector.clone(), concurrency, dry_bodies.clone(), dry_next.clone()).await,
-                    "recorded" => load(vipam_addr, connector.clone(), concurrency, bodies.clone(), next.clone()).await,
-                    _ => load_api(allocations.clone(), concurrency, api_next.clone()).await,
+                    "floor" => {
+                        load(stand.floor, c, concurrency, bodies.clone(), next.clone()).await
+                    }
+                    "write-floor" => {
+                        load(
+                            stand.write_floor,
+                            c,
+                            concurrency,
+                            bodies.clone(),
+                            next.clone(),
+                        )
+                        .await
+                    }
+                    "dry" => {
+                        load(
+                            stand.vipam,
+                            c,
+                            concurrency,
+                            dry_bodies.clone(),
+                            next.clone(),
+                        )
+                        .await
+                    }
+                    "recorded" => {
+                        load(stand.vipam, c, concurrency, bodies.clone(), next.clone()).await
+                    }
+                    _ => {
+                        load_api(
+                            stand.allocations.clone(),
+                            concurrency,
+                            stand.api_next.clone(),
+                        )
+                        .await
+                    }
                 };
                 println!(
                     "| {concurrency} | {name} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
@@ -324,15 +435,27 @@ fn main() {
                     r.p99.as_secs_f64() * 1e6,
                     r.cpu.as_secs_f64() * 1e6 / r.requests as f64
                 );
-            }
+                // Every recorded admission and every create made exactly one new IPAllocation;
+                // dry runs and the floor made none.
+                let created = match row {
+                    "recorded" => next.load(Ordering::Relaxed),
+                    "write-floor" | "api" => stand.api_next.load(Ordering::Relaxed),
+                    _ => 0,
+                };
+                assert_eq!(
+                    created,
+                    if matches!(row, "floor" | "dry") {
+                        0
+                    } else {
+                        r.requests
+                    }
+                );
+                assert_eq!(
+                    stand.fake.list("ipallocations", None).len(),
+                    SEEDED + created,
+                    "{row}: one IPAllocation per recorded admission"
+                );
+            });
         }
-        let ledger = fake.list("ipallocations", None).len();
-        let admitted = next.load(Ordering::Relaxed);
-        let api_only = api_next.load(Ordering::Relaxed);
-        println!(
-            "\nvipam admissions: {admitted}; creates by the write floor and the API row: \
-             {api_only}; IPAllocations in the fake API: {ledger}"
-        );
-        assert_eq!(ledger, admitted + api_only, "every admission recorded exactly one new address");
-    });
+    }
 }
