@@ -12,7 +12,8 @@
 //! IPAllocations on the fake while the webhook's ledger watch applies each event). "CPU per
 //! admission" is the process's CPU time (client, servers and fake together) divided by the
 //! admissions of the row. Every row starts from the same state: a new runtime, fake API and
-//! webhook with one pool and 1,000 allocations.
+//! webhook with one pool and 1,000 allocations. Rows run three times, interleaved; the tables
+//! give medians, and a second table the p99 ratios.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -322,13 +323,6 @@ impl Stand {
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
         .unwrap()
@@ -354,10 +348,8 @@ fn main() {
     let bodies: Arc<Vec<Bytes>> = Arc::new((0..200_000).map(review).collect());
     // Dry runs decide the same way but write nothing: the webhook's own cost.
     let dry_bodies: Arc<Vec<Bytes>> = Arc::new((0..1000).map(|i| review_with(i, true)).collect());
-    println!(
-        "| concurrency | handler | admissions | admissions/s | p50 | p99 | CPU per admission |"
-    );
-    println!("|---|---|---|---|---|---|---|");
+    println!("| concurrency | handler | admissions/s | p50 | p99 | CPU per admission |");
+    println!("|---|---|---|---|---|---|");
     // ADMISSION_BENCH_ONLY=floor|write-floor|dry|recorded|api and ADMISSION_BENCH_CONCURRENCY=N
     // narrow the run (for profiling one row).
     let only = std::env::var("ADMISSION_BENCH_ONLY").ok();
@@ -365,97 +357,179 @@ fn main() {
         Ok(n) => vec![n.parse().expect("ADMISSION_BENCH_CONCURRENCY is a number")],
         Err(_) => vec![1, 16, 64],
     };
-    for concurrency in levels {
-        for (row, name) in [
-            ("floor", "floor (fixed answer)"),
-            (
-                "write-floor",
-                "floor + API write (fixed answer after one create)",
-            ),
-            ("dry", "vipam, dry run (decides, writes nothing)"),
-            (
-                "recorded",
-                "vipam webhook (decides, records the IPAllocation)",
-            ),
-            (
-                "api",
-                "API write alone (kube client create on the fake, watched)",
-            ),
-        ] {
-            if only.as_deref().is_some_and(|o| o != row) {
+    // ADMISSION_BENCH_REPEATS=N: repetitions of every row, interleaved (default 3); the tables
+    // give each column's median, so one slow moment of this shared guest moves one repetition.
+    let repeats: usize = match std::env::var("ADMISSION_BENCH_REPEATS") {
+        Ok(n) => n.parse().expect("ADMISSION_BENCH_REPEATS is a number"),
+        Err(_) => 3,
+    };
+    let rows = [
+        ("floor", "floor (fixed answer)"),
+        (
+            "write-floor",
+            "floor + API write (fixed answer after one create)",
+        ),
+        ("dry", "vipam, dry run (decides, writes nothing)"),
+        (
+            "recorded",
+            "vipam webhook (decides, records the IPAllocation)",
+        ),
+        (
+            "api",
+            "API write alone (kube client create on the fake, watched)",
+        ),
+    ];
+    let mut medians = Vec::new();
+    for &concurrency in &levels {
+        let mut results: Vec<Vec<Result>> = rows.iter().map(|_| Vec::new()).collect();
+        for _ in 0..repeats {
+            for (k, &(row, _)) in rows.iter().enumerate() {
+                if only.as_deref().is_some_and(|o| o != row) {
+                    continue;
+                }
+                results[k].push(run_row(
+                    row,
+                    concurrency,
+                    &tls,
+                    &connector,
+                    &bodies,
+                    &dry_bodies,
+                ));
+            }
+        }
+        for (k, &(row, name)) in rows.iter().enumerate() {
+            if results[k].is_empty() {
                 continue;
             }
-            // A fresh runtime and stand per row: no row inherits another's allocations, heap
-            // or tasks; dropping the runtime ends the stand's servers and watches.
-            runtime().block_on(async {
-                let stand = Stand::new(&tls).await;
-                let next = Arc::new(AtomicUsize::new(0));
-                let c = connector.clone();
-                let r = match row {
-                    "floor" => {
-                        load(stand.floor, c, concurrency, bodies.clone(), next.clone()).await
-                    }
-                    "write-floor" => {
-                        load(
-                            stand.write_floor,
-                            c,
-                            concurrency,
-                            bodies.clone(),
-                            next.clone(),
-                        )
-                        .await
-                    }
-                    "dry" => {
-                        load(
-                            stand.vipam,
-                            c,
-                            concurrency,
-                            dry_bodies.clone(),
-                            next.clone(),
-                        )
-                        .await
-                    }
-                    "recorded" => {
-                        load(stand.vipam, c, concurrency, bodies.clone(), next.clone()).await
-                    }
-                    _ => {
-                        load_api(
-                            stand.allocations.clone(),
-                            concurrency,
-                            stand.api_next.clone(),
-                        )
-                        .await
-                    }
-                };
-                println!(
-                    "| {concurrency} | {name} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
-                    r.requests,
-                    r.requests as f64 / r.elapsed.as_secs_f64(),
-                    r.p50.as_secs_f64() * 1e6,
-                    r.p99.as_secs_f64() * 1e6,
-                    r.cpu.as_secs_f64() * 1e6 / r.requests as f64
-                );
-                // Every recorded admission and every create made exactly one new IPAllocation;
-                // dry runs and the floor made none.
-                let created = match row {
-                    "recorded" => next.load(Ordering::Relaxed),
-                    "write-floor" | "api" => stand.api_next.load(Ordering::Relaxed),
-                    _ => 0,
-                };
-                assert_eq!(
-                    created,
-                    if matches!(row, "floor" | "dry") {
-                        0
-                    } else {
-                        r.requests
-                    }
-                );
-                assert_eq!(
-                    stand.fake.list("ipallocations", None).len(),
-                    SEEDED + created,
-                    "{row}: one IPAllocation per recorded admission"
-                );
-            });
+            let m = Median::of(&results[k]);
+            println!(
+                "| {concurrency} | {name} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                m.rate, m.p50, m.p99, m.cpu
+            );
+            medians.push((concurrency, row, m));
         }
     }
+    let get = |c: usize, row: &str| {
+        medians
+            .iter()
+            .find(|(mc, mr, _)| *mc == c && *mr == row)
+            .map(|(_, _, m)| m.p99)
+    };
+    println!(
+        "\n| concurrency | p99 vipam ÷ floor | p99 floor + API write ÷ floor | p99 vipam ÷ (floor + API write) | p99 dry run ÷ floor |"
+    );
+    println!("|---|---|---|---|---|");
+    for &c in &levels {
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        println!(
+            "| {c} | {} | {} | {} | {} |",
+            ratio(get(c, "recorded"), get(c, "floor")),
+            ratio(get(c, "write-floor"), get(c, "floor")),
+            ratio(get(c, "recorded"), get(c, "write-floor")),
+            ratio(get(c, "dry"), get(c, "floor")),
+        );
+    }
+}
+
+/// Each column's median over a row's repetitions (throughput per second, times in µs).
+struct Median {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    cpu: f64,
+}
+
+impl Median {
+    fn of(results: &[Result]) -> Median {
+        let median = |f: &dyn Fn(&Result) -> f64| {
+            let mut v: Vec<f64> = results.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Median {
+            rate: median(&|r| r.requests as f64 / r.elapsed.as_secs_f64()),
+            p50: median(&|r| r.p50.as_secs_f64() * 1e6),
+            p99: median(&|r| r.p99.as_secs_f64() * 1e6),
+            cpu: median(&|r| r.cpu.as_secs_f64() * 1e6 / r.requests as f64),
+        }
+    }
+}
+
+/// One repetition of one row on a fresh runtime and stand: no row inherits another's
+/// allocations, heap or tasks; dropping the runtime ends the stand's servers and watches.
+fn run_row(
+    row: &str,
+    concurrency: usize,
+    tls: &RustlsConfig,
+    connector: &TlsConnector,
+    bodies: &Arc<Vec<Bytes>>,
+    dry_bodies: &Arc<Vec<Bytes>>,
+) -> Result {
+    runtime().block_on(async {
+        let stand = Stand::new(tls).await;
+        let next = Arc::new(AtomicUsize::new(0));
+        let c = connector.clone();
+        let r = match row {
+            "floor" => load(stand.floor, c, concurrency, bodies.clone(), next.clone()).await,
+            "write-floor" => {
+                load(
+                    stand.write_floor,
+                    c,
+                    concurrency,
+                    bodies.clone(),
+                    next.clone(),
+                )
+                .await
+            }
+            "dry" => {
+                load(
+                    stand.vipam,
+                    c,
+                    concurrency,
+                    dry_bodies.clone(),
+                    next.clone(),
+                )
+                .await
+            }
+            "recorded" => load(stand.vipam, c, concurrency, bodies.clone(), next.clone()).await,
+            _ => {
+                load_api(
+                    stand.allocations.clone(),
+                    concurrency,
+                    stand.api_next.clone(),
+                )
+                .await
+            }
+        };
+        // Every recorded admission and every create made exactly one new IPAllocation; dry
+        // runs and the floor made none.
+        let created = match row {
+            "recorded" => next.load(Ordering::Relaxed),
+            "write-floor" | "api" => stand.api_next.load(Ordering::Relaxed),
+            _ => 0,
+        };
+        let expected = if matches!(row, "floor" | "dry") {
+            0
+        } else {
+            r.requests
+        };
+        assert_eq!(created, expected, "{row}: requests and creates disagree");
+        assert_eq!(
+            stand.fake.list("ipallocations", None).len(),
+            SEEDED + created,
+            "{row}: one IPAllocation per recorded admission"
+        );
+        r
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
