@@ -181,15 +181,14 @@ impl LedgerView {
         }
         let mut state = self.caches.ledger.lock();
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        for write in writes {
+        // Writes run in order and stop at the first failure: the first `done.len()` are
+        // confirmed.
+        for (k, write) in writes.iter().enumerate() {
             let ip = write.ip();
             let Some(reservation) = inflight.remove(&ip) else {
                 continue;
             };
-            if done
-                .iter()
-                .any(|object| object.spec.ip.parse::<IpAddr>() == Ok(ip))
-            {
+            if k < done.len() {
                 // Confirmed: applying the written object below records the truth (or nothing,
                 // if its watch event came first).
                 continue;
