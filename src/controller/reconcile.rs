@@ -248,6 +248,18 @@ impl Reconciler {
             .await
         {
             Ok(()) => report.events += 1,
+            // A namespace being deleted refuses new objects, Events included (403 with cause
+            // NamespaceTerminating): expected while its Services go, not worth a warning.
+            Err(kube::Error::Api(status))
+                if status.details.as_ref().is_some_and(|details| {
+                    details
+                        .causes
+                        .iter()
+                        .any(|cause| cause.reason == "NamespaceTerminating")
+                }) =>
+            {
+                tracing::debug!(%service, reason, "no Event: the namespace is being deleted")
+            }
             Err(err) => {
                 tracing::warn!(%service, reason, error = %err, "publishing an Event failed")
             }

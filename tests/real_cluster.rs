@@ -1,0 +1,914 @@
+//! vipam end to end on a real control plane (tests/kubecp): installed from the shipped
+//! manifests, two `vipam controller` replicas running as local processes with their own
+//! ServiceAccount's token, the API server calling the webhook through the shipped
+//! `vipam-webhook` Service, and users' commands run with kubectl.
+//!
+//! The tests share one installation and run one at a time (they restart controllers and read
+//! cluster-scoped objects). Each keeps to its own namespace and pool, and every Service names
+//! its pool (`vipam.io/pool`), except the examples/gitops tree, which is the only user of its
+//! pool `lan`.
+
+mod kubecp;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, PostParams};
+use kubecp::{ControlPlane, WEBHOOK_ADDRESSES, wait_for};
+use serde_json::{Value, json};
+
+/// The sticky period of the test installation (short, so the lifecycle test sees expiry).
+const STICKY: Duration = Duration::from_secs(8);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn vipam_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vipam")
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// The installation: control plane, install.yaml, two controllers.
+struct Vipam {
+    cp: &'static ControlPlane,
+    kubeconfig: PathBuf,
+    controllers: Mutex<Vec<Child>>,
+    logs: Vec<PathBuf>,
+}
+
+/// Admin (probe and metrics) address of controller `i`, inside the namespace.
+fn admin_addr(i: usize) -> String {
+    format!("127.0.0.1:{}", 18080 + i)
+}
+
+fn vipam() -> &'static Vipam {
+    static VIPAM: OnceLock<Vipam> = OnceLock::new();
+    VIPAM.get_or_init(Vipam::install)
+}
+
+impl Vipam {
+    fn install() -> Vipam {
+        let cp = kubecp::shared();
+        let install = repo().join("manifests/install.yaml");
+        cp.kubectl_ok(&["apply", "--server-side", "-f", install.to_str().unwrap()]);
+        cp.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ]);
+        // More ClusterIPs than the default ServiceCIDR's /24 holds (the burst test alone keeps
+        // 254 Services), from documentation ranges only.
+        let extra_cidr = json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "ServiceCIDR",
+            "metadata": {"name": "vipam-tests"},
+            "spec": {"cidrs": ["203.0.113.128/25"]}
+        });
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &extra_cidr.to_string());
+        assert!(out.status.success(), "ServiceCIDR: {}", describe(&out));
+        let kubeconfig = cp.service_account_kubeconfig("vipam-system", "vipam-controller");
+        let logs = (0..2)
+            .map(|i| cp.scratch.join(format!("controller-{i}.log")))
+            .collect();
+        let vipam = Vipam {
+            cp,
+            kubeconfig,
+            controllers: Mutex::new(Vec::new()),
+            logs,
+        };
+        set_webhook_endpoints(cp, &WEBHOOK_ADDRESSES);
+        for i in 0..2 {
+            let child = vipam.spawn_controller(i);
+            vipam.controllers.lock().unwrap().push(child);
+        }
+        for i in 0..2 {
+            vipam.wait_ready(i);
+        }
+        vipam.wait_webhook_answers();
+        vipam
+    }
+
+    fn spawn_controller(&self, i: usize) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.logs[i])
+            .unwrap();
+        let mut cmd = self.cp.command_in_ns(vipam_bin());
+        cmd.args(["controller", "--self-signed"])
+            .args(["--webhook-addr", &format!("{}:9443", WEBHOOK_ADDRESSES[i])])
+            .args(["--admin-addr", &admin_addr(i)])
+            .args(["--identity", &format!("vipam-controller-test-{i}")])
+            .args(["--sticky-release", &format!("{}s", STICKY.as_secs())])
+            .args(["--self-signed-check-interval", "2s"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("POD_NAMESPACE", "vipam-system")
+            .env("RUST_LOG", "info,vipam=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        ControlPlane::spawn_owned(cmd)
+    }
+
+    fn wait_ready(&self, i: usize) {
+        let addr = admin_addr(i);
+        wait_for(
+            &format!("controller {i} /readyz"),
+            Duration::from_secs(60),
+            || {
+                let ready = self.cp.http_get_in_ns(&addr, "/readyz");
+                matches!(ready, Some((200, _))).then_some(())
+            },
+        );
+    }
+
+    /// Waits until the API server calls the webhook through the Service with the injected
+    /// caBundle: a server dry run of a LoadBalancer Service is answered by vipam itself.
+    fn wait_webhook_answers(&self) {
+        let probe = service_yaml("default", "webhook-probe", &[], &[(80, "TCP")]);
+        wait_for(
+            "the API server to reach vipam's webhook",
+            Duration::from_secs(60),
+            || {
+                let out = self.cp.kubectl_stdin(
+                    &["create", "--dry-run=server", "-f", "-", "-o", "json"],
+                    &probe,
+                );
+                // Admitted with vipam's annotation (a pool serves `default`), or refused
+                // with vipam's own reason; never "failed calling webhook".
+                let stderr = text(&out.stderr);
+                let answered = if out.status.success() {
+                    text(&out.stdout).contains("vipam.io/assigned-ips")
+                } else {
+                    stderr.contains("vipam") && !stderr.contains("failed calling webhook")
+                };
+                answered.then_some(())
+            },
+        );
+    }
+
+    /// Restarts both controllers one at a time, as a rolling update does: the restarted
+    /// replica's endpoint leaves the Service while it is down.
+    fn restart_controllers(&self) {
+        for i in 0..2 {
+            let others: Vec<&str> = (0..2)
+                .filter(|&j| j != i)
+                .map(|j| WEBHOOK_ADDRESSES[j])
+                .collect();
+            set_webhook_endpoints(self.cp, &others);
+            {
+                let mut controllers = self.controllers.lock().unwrap();
+                let _ = controllers[i].kill();
+                let _ = controllers[i].wait();
+                controllers[i] = self.spawn_controller(i);
+            }
+            self.wait_ready(i);
+            set_webhook_endpoints(self.cp, &WEBHOOK_ADDRESSES);
+        }
+        self.wait_webhook_answers();
+    }
+
+    /// Fails the test if the shipped RBAC refused any call of a controller.
+    fn assert_no_forbidden(&self) {
+        for log in &self.logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let forbidden: Vec<&str> = text
+                .lines()
+                // RBAC's refusal: `... is forbidden: User "system:serviceaccount:..." cannot ...`
+                .filter(|l| {
+                    l.contains("is forbidden: User")
+                        || l.contains("cannot get resource")
+                        || l.contains("cannot list resource")
+                })
+                .collect();
+            assert!(
+                forbidden.is_empty(),
+                "the shipped RBAC refused calls of the controller ({}):\n{}",
+                log.display(),
+                forbidden.join("\n")
+            );
+        }
+    }
+}
+
+/// The EndpointSlice of the shipped `vipam-webhook` Service, naming the controllers' addresses
+/// (there is no kubelet: the tests publish the endpoints the endpointslice controller would).
+fn set_webhook_endpoints(cp: &ControlPlane, addresses: &[&str]) {
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "vipam-webhook-tests",
+            "namespace": "vipam-system",
+            "labels": {
+                "kubernetes.io/service-name": "vipam-webhook",
+                "endpointslice.kubernetes.io/managed-by": "vipam-tests"
+            }
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "webhook", "port": 9443, "protocol": "TCP"}],
+        "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>()
+    });
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &slice.to_string());
+    assert!(out.status.success(), "EndpointSlice: {}", describe(&out));
+}
+
+/// A LoadBalancer Service as YAML (JSON is YAML) with annotations and (port, protocol) pairs.
+fn service_yaml(
+    ns: &str,
+    name: &str,
+    annotations: &[(&str, &str)],
+    ports: &[(u16, &str)],
+) -> String {
+    service_json(ns, name, annotations, ports).to_string()
+}
+
+fn service_json(
+    ns: &str,
+    name: &str,
+    annotations: &[(&str, &str)],
+    ports: &[(u16, &str)],
+) -> Value {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": name},
+            "ports": ports.iter().map(|(port, protocol)| json!({
+                "name": format!("p{port}-{}", protocol.to_ascii_lowercase()),
+                "port": port,
+                "protocol": protocol
+            })).collect::<Vec<_>>()
+        }
+    })
+}
+
+fn pool_json(name: &str, blocks: Value, namespaces: &[&str]) -> String {
+    json!({
+        "apiVersion": "vipam.io/v1alpha1",
+        "kind": "IPPool",
+        "metadata": {"name": name},
+        "spec": {"blocks": blocks, "namespaces": namespaces}
+    })
+    .to_string()
+}
+
+fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&cp.kubectl_ok(&all)).unwrap()
+}
+
+fn ingress_ips(service: &Value) -> Vec<String> {
+    service["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|i| i["ip"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// IPAllocations: ip -> (pool, phase, holders "ns/name").
+fn ledger(cp: &ControlPlane) -> BTreeMap<String, (String, String, BTreeSet<String>)> {
+    let list = get_json(cp, &["get", "ipallocations"]);
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let holders = a["spec"]["services"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .map(|h| {
+                            format!(
+                                "{}/{}",
+                                h["namespace"].as_str().unwrap_or(""),
+                                h["name"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                a["spec"]["ip"].as_str().unwrap_or("").to_string(),
+                (
+                    a["spec"]["pool"].as_str().unwrap_or("").to_string(),
+                    a["status"]["phase"].as_str().unwrap_or("").to_string(),
+                    holders,
+                ),
+            )
+        })
+        .collect()
+}
+
+fn split_documents(yaml: &str) -> Vec<String> {
+    yaml.split("\n---\n")
+        .map(|d| d.trim_start_matches("---\n").trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect()
+}
+
+/// `kind: X` and `metadata.name`/`namespace` of a rendered document (kubectl kustomize output).
+fn doc_identity(doc: &str) -> (String, String, String) {
+    let as_json: Value = serde_saphyr::from_str(doc).unwrap();
+    (
+        as_json["kind"].as_str().unwrap_or("").to_string(),
+        as_json["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        as_json["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+/// The checker's allocation table for examples/gitops: (namespace/name, ip, pinned).
+fn checked_gitops() -> Vec<(String, String, bool)> {
+    let out = Command::new(vipam_bin())
+        .args(["check", "--format", "json"])
+        .arg(repo().join("examples/gitops"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "vipam check: {}", describe(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                format!(
+                    "{}/{}",
+                    a["namespace"].as_str().unwrap(),
+                    a["name"].as_str().unwrap()
+                ),
+                a["ip"].as_str().unwrap().to_string(),
+                !a["predicted"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+/// Applies examples/gitops once: everything but the Services, then each Service alone in the
+/// order of the checker's table (so automatic addresses are predictable), then the whole tree
+/// with `kubectl apply --server-side -k`, as Argo CD does with `ServerSideApply=true`.
+/// (After a client-side apply, `kubectl diff --server-side` always shows kubectl's own rewrite
+/// of its last-applied annotation, whatever the object; the zero-drift test covers the
+/// client-side path with the client-side diff.)
+fn gitops_applied() -> &'static Vec<(String, String, bool)> {
+    static APPLIED: OnceLock<Vec<(String, String, bool)>> = OnceLock::new();
+    APPLIED.get_or_init(|| {
+        let v = vipam();
+        let cp = v.cp;
+        let tree = repo().join("examples/gitops");
+        let rendered = cp.kubectl_ok(&["kustomize", tree.to_str().unwrap()]);
+        let docs = split_documents(&rendered);
+        let (services, others): (Vec<&String>, Vec<&String>) =
+            docs.iter().partition(|d| doc_identity(d).0 == "Service");
+        let out = cp.kubectl_stdin(
+            &["apply", "--server-side", "-f", "-"],
+            &others
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join("\n---\n"),
+        );
+        assert!(
+            out.status.success(),
+            "applying the non-Service objects: {}",
+            describe(&out)
+        );
+        let checked = checked_gitops();
+        let mut done = BTreeSet::new();
+        for (key, _, _) in &checked {
+            if !done.insert(key.clone()) {
+                continue;
+            }
+            let doc = services
+                .iter()
+                .find(|d| {
+                    let (_, ns, name) = doc_identity(d);
+                    format!("{ns}/{name}") == *key
+                })
+                .unwrap_or_else(|| panic!("Service {key} of the check table is not in the tree"));
+            let out = cp.kubectl_stdin(&["apply", "--server-side", "-f", "-"], doc);
+            assert!(
+                out.status.success(),
+                "applying Service {key}: {}",
+                describe(&out)
+            );
+        }
+        cp.kubectl_ok(&["apply", "--server-side", "-k", tree.to_str().unwrap()]);
+        checked
+    })
+}
+
+/// Waits until every Service of the check table shows its address in status.
+fn wait_gitops_status(cp: &ControlPlane, checked: &[(String, String, bool)]) {
+    for (key, ip, _) in checked {
+        let (ns, name) = key.split_once('/').unwrap();
+        wait_for(
+            &format!("{key} to show {ip} in status.loadBalancer.ingress"),
+            Duration::from_secs(60),
+            || {
+                let svc = get_json(cp, &["get", "service", "-n", ns, name]);
+                ingress_ips(&svc).contains(ip).then_some(())
+            },
+        );
+    }
+}
+
+#[test]
+fn install_applies_and_the_webhook_is_reached_through_the_shipped_service() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    // The caBundle was injected by --self-signed into the configurations as shipped.
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
+        let config = get_json(cp, &["get", kind, "vipam"]);
+        for webhook in config["webhooks"].as_array().unwrap() {
+            assert_eq!(
+                webhook["clientConfig"]["service"]["name"], "vipam-webhook",
+                "{kind} {}: clientConfig changed",
+                webhook["name"]
+            );
+            assert!(
+                webhook["clientConfig"]["caBundle"]
+                    .as_str()
+                    .is_some_and(|b| !b.is_empty()),
+                "{kind} {}: no caBundle injected",
+                webhook["name"]
+            );
+        }
+    }
+    let secret = get_json(
+        cp,
+        &["get", "secret", "-n", "vipam-system", "vipam-webhook-tls"],
+    );
+    assert!(secret["data"]["tls.crt"].is_string(), "{secret}");
+
+    // Every overlay applies (server dry run). Objects of cert-manager and prometheus-operator
+    // are filtered out: their CRDs are not installed in the test cluster.
+    let overlays = std::fs::read_dir(repo().join("kustomize/overlays")).unwrap();
+    let mut applied = Vec::new();
+    for overlay in overlays.flatten() {
+        let path = overlay.path();
+        let rendered = cp.kubectl_ok(&["kustomize", path.to_str().unwrap()]);
+        let mut kept = Vec::new();
+        for doc in split_documents(&rendered) {
+            let third_party = doc.lines().any(|l| {
+                l.starts_with("apiVersion: cert-manager.io/")
+                    || l.starts_with("apiVersion: monitoring.coreos.com/")
+            });
+            if third_party {
+                let (kind, _, name) = doc_identity(&doc);
+                eprintln!(
+                    "overlay {}: {kind} {name} skipped (its CRD is not installed here)",
+                    path.display()
+                );
+            } else {
+                kept.push(doc);
+            }
+        }
+        let out = cp.kubectl_stdin(
+            &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+            &kept.join("\n---\n"),
+        );
+        assert!(
+            out.status.success(),
+            "overlay {} does not apply: {}",
+            path.display(),
+            describe(&out)
+        );
+        applied.push(path);
+    }
+    assert!(applied.len() >= 4, "overlays found: {applied:?}");
+    v.assert_no_forbidden();
+}
+
+#[test]
+fn gitops_example_gets_the_addresses_vipam_check_printed() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let checked = gitops_applied();
+    assert!(checked.len() >= 10, "{checked:?}");
+    wait_gitops_status(cp, checked);
+    // `kubectl get ipallocations` is the same table.
+    let ledger = ledger(cp);
+    for (key, ip, _) in checked {
+        let (pool, phase, holders) = ledger
+            .get(ip)
+            .unwrap_or_else(|| panic!("no IPAllocation for {ip} ({key}): {ledger:?}"));
+        assert_eq!(pool, "lan");
+        assert_eq!(phase, "Bound", "{ip}");
+        assert!(holders.contains(key), "{ip} held by {holders:?}, not {key}");
+    }
+    let table = cp.kubectl_ok(&["get", "ipallocations"]);
+    eprintln!("{table}");
+    for (_, ip, _) in checked {
+        assert!(table.contains(ip.as_str()), "{ip} missing from\n{table}");
+    }
+    v.assert_no_forbidden();
+}
+
+fn apply_error(cp: &ControlPlane, object: &str) -> String {
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], object);
+    assert!(
+        !out.status.success(),
+        "kubectl apply should have failed: {}",
+        describe(&out)
+    );
+    text(&out.stderr)
+}
+
+#[test]
+fn conflicts_are_apply_errors_and_dry_runs_reserve_nothing() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let ns_guard = cp.namespace("t-conflicts");
+    let ns = ns_guard.name.as_str();
+    let pool = "t-conflicts";
+    let out = cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &pool_json(
+            pool,
+            json!([{"start": "203.0.113.16", "stop": "203.0.113.17"}]),
+            &[ns],
+        ),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let in_pool = [("vipam.io/pool", pool)];
+
+    // A server dry run is answered but reserves nothing.
+    let before = ledger(cp).len();
+    let out = cp.kubectl_stdin(
+        &["apply", "--dry-run=server", "-f", "-", "-o", "json"],
+        &service_yaml(ns, "dry", &in_pool, &[(80, "TCP")]),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let answered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        answered["metadata"]["annotations"]["vipam.io/assigned-ips"].is_string(),
+        "the dry run got no address: {answered}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        ledger(cp).len(),
+        before,
+        "a dry run created an IPAllocation"
+    );
+
+    let pinned = |name: &str, ip: &str, extra: &[(&str, &str)], ports: &[(u16, &str)]| {
+        let mut annotations = vec![("vipam.io/ips", ip)];
+        annotations.extend_from_slice(extra);
+        service_yaml(ns, name, &annotations, ports)
+    };
+    let out = cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &pinned("first", "203.0.113.16", &[], &[(80, "TCP")]),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+
+    // A duplicate pin names the holder.
+    let err = apply_error(cp, &pinned("second", "203.0.113.16", &[], &[(80, "TCP")]));
+    assert!(
+        err.contains("203.0.113.16") && err.contains("first"),
+        "{err}"
+    );
+
+    // A pin outside every pool names the address.
+    let err = apply_error(cp, &pinned("outside", "203.0.113.99", &[], &[(80, "TCP")]));
+    assert!(err.contains("203.0.113.99"), "{err}");
+
+    // A port clash on a shared address names the port and the other Service.
+    let share = [("vipam.io/sharing-key", "dns")];
+    let out = cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &pinned("dns-udp", "203.0.113.17", &share, &[(53, "UDP")]),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = apply_error(
+        cp,
+        &pinned("dns-udp-2", "203.0.113.17", &share, &[(53, "UDP")]),
+    );
+    assert!(err.contains("53") && err.contains("dns-udp"), "{err}");
+
+    // The pool is full now: an automatic address is refused naming the pool.
+    let err = apply_error(cp, &service_yaml(ns, "auto", &in_pool, &[(80, "TCP")]));
+    assert!(err.contains(pool) && err.contains("vipam"), "{err}");
+    v.assert_no_forbidden();
+    drop(ns_guard);
+    cp.kubectl(&["delete", "ippool", pool]);
+}
+
+#[test]
+fn zero_drift_after_restarts_and_twenty_applies() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let checked = gitops_applied();
+    wait_gitops_status(cp, checked);
+    let tree = repo().join("examples/gitops");
+    let tree = tree.to_str().unwrap();
+    let install = repo().join("manifests/install.yaml");
+    let install = install.to_str().unwrap();
+    let assert_no_diff = |when: &str| {
+        for args in [
+            vec!["diff", "-k", tree],
+            vec!["diff", "--server-side", "-k", tree],
+            vec!["diff", "-f", install],
+            vec!["diff", "--server-side", "-f", install],
+        ] {
+            let out = cp.kubectl(&args);
+            assert!(
+                out.status.success(),
+                "{when}: kubectl {} reports drift: {}",
+                args.join(" "),
+                describe(&out)
+            );
+        }
+    };
+    assert_no_diff("settled");
+    let addresses = |cp: &ControlPlane| -> BTreeMap<String, Vec<String>> {
+        checked
+            .iter()
+            .map(|(key, _, _)| {
+                let (ns, name) = key.split_once('/').unwrap();
+                (
+                    key.clone(),
+                    ingress_ips(&get_json(cp, &["get", "service", "-n", ns, name])),
+                )
+            })
+            .collect()
+    };
+    let settled = addresses(cp);
+    v.restart_controllers();
+    // Give the new leader a full pass.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_no_diff("after both controllers restarted");
+    for _ in 0..20 {
+        cp.kubectl_ok(&["apply", "--server-side", "-k", tree]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_no_diff("after 20 applies");
+    assert_eq!(addresses(cp), settled, "an address changed");
+    // The client-side path: `kubectl apply -k` (which takes the objects over with its
+    // last-applied annotation), then `kubectl diff -k` reports nothing either.
+    cp.kubectl_ok(&["apply", "-k", tree]);
+    cp.kubectl_ok(&["apply", "-k", tree]);
+    let out = cp.kubectl(&["diff", "-k", tree]);
+    assert!(
+        out.status.success(),
+        "client-side drift: {}",
+        describe(&out)
+    );
+    assert_eq!(addresses(cp), settled, "an address changed");
+    v.assert_no_forbidden();
+}
+
+#[test]
+fn five_hundred_concurrent_creates_never_share_an_address() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let ns_guard = cp.namespace("t-burst");
+    let ns = ns_guard.name.clone();
+    let pool = "t-burst";
+    let out = cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &pool_json(pool, json!([{"cidr": "192.0.2.0/24"}]), &[&ns]),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let results = runtime.block_on(async {
+        let client = cp.client().await;
+        let api: Api<Service> = Api::namespaced(client, &ns);
+        let creates = (0..500).map(|i| {
+            let api = api.clone();
+            let ns = ns.clone();
+            async move {
+                let svc: Service = serde_json::from_value(service_json(
+                    &ns,
+                    &format!("burst-{i:03}"),
+                    &[("vipam.io/pool", "t-burst")],
+                    &[(80, "TCP")],
+                ))
+                .unwrap();
+                api.create(&PostParams::default(), &svc).await
+            }
+        });
+        futures::future::join_all(creates).await
+    });
+    let mut granted: BTreeMap<String, String> = BTreeMap::new();
+    let mut denials = Vec::new();
+    for result in results {
+        match result {
+            Ok(svc) => {
+                let name = svc.metadata.name.clone().unwrap();
+                let ip = svc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("vipam.io/assigned-ips").cloned())
+                    .unwrap_or_else(|| panic!("{name} was admitted without an address"));
+                if let Some(other) = granted.insert(ip.clone(), name.clone()) {
+                    panic!("{ip} granted to both {other} and {name}");
+                }
+            }
+            Err(kube::Error::Api(status)) => denials.push(status.message),
+            Err(other) => panic!("create failed outside the API: {other}"),
+        }
+    }
+    eprintln!(
+        "500 concurrent creates: {} granted, {} denied",
+        granted.len(),
+        denials.len()
+    );
+    assert_eq!(granted.len(), 254, "a /24 has 254 usable addresses");
+    assert_eq!(denials.len(), 246);
+    for message in &denials {
+        assert!(
+            message.contains("vipam") && message.contains(pool),
+            "a denial without vipam's reason: {message}"
+        );
+    }
+    // The ledger agrees: one IPAllocation per granted address, each with its one Service.
+    let ledger = ledger(cp);
+    let in_pool: BTreeMap<&String, &BTreeSet<String>> = ledger
+        .iter()
+        .filter(|(_, (p, _, _))| p == pool)
+        .map(|(ip, (_, _, holders))| (ip, holders))
+        .collect();
+    assert_eq!(in_pool.len(), 254);
+    for (ip, name) in &granted {
+        let holders = in_pool[ip];
+        assert_eq!(
+            holders,
+            &BTreeSet::from([format!("{ns}/{name}")]),
+            "ledger for {ip}"
+        );
+    }
+    v.assert_no_forbidden();
+    drop(ns_guard);
+    cp.kubectl(&["delete", "ippool", pool]);
+}
+
+#[test]
+fn lifecycle_through_real_garbage_collection() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let ns_guard = cp.namespace("t-life");
+    let ns = ns_guard.name.clone();
+    let pool = "t-life";
+    let out = cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &pool_json(
+            pool,
+            json!([{"start": "203.0.113.32", "stop": "203.0.113.47"}]),
+            &[&ns, "t-life-gone"],
+        ),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let svc = service_yaml(&ns, "web", &[("vipam.io/pool", pool)], &[(80, "TCP")]);
+    let created = |cp: &ControlPlane| -> String {
+        let out = cp.kubectl_stdin(&["apply", "-f", "-", "-o", "json"], &svc);
+        assert!(out.status.success(), "{}", describe(&out));
+        let obj: Value = serde_json::from_slice(&out.stdout).unwrap();
+        obj["metadata"]["annotations"]["vipam.io/assigned-ips"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let phase = |ip: &str| ledger(cp).get(ip).map(|(_, phase, _)| phase.clone());
+    let ip = created(cp);
+    wait_for(
+        "the allocation to be Bound",
+        Duration::from_secs(30),
+        || (phase(&ip).as_deref() == Some("Bound")).then_some(()),
+    );
+
+    // Deleted -> Released; re-created within the sticky period -> the same address.
+    cp.kubectl_ok(&["delete", "service", "-n", &ns, "web"]);
+    wait_for(
+        "the allocation to be Released",
+        Duration::from_secs(30),
+        || (phase(&ip).as_deref() == Some("Released")).then_some(()),
+    );
+    assert_eq!(created(cp), ip, "re-created in time, yet renumbered");
+    wait_for(
+        "the allocation to be Bound again",
+        Duration::from_secs(30),
+        || (phase(&ip).as_deref() == Some("Bound")).then_some(()),
+    );
+
+    // Deleted for good -> the IPAllocation goes after the sticky period.
+    cp.kubectl_ok(&["delete", "service", "-n", &ns, "web"]);
+    let started = Instant::now();
+    wait_for(
+        "the Released allocation to be deleted",
+        STICKY + Duration::from_secs(45),
+        || phase(&ip).is_none().then_some(()),
+    );
+    eprintln!(
+        "released allocation deleted {:.1}s after the Service",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Namespace deleted (the namespace controller deletes its Services) -> released.
+    let gone = cp.namespace("t-life-gone");
+    let svc_gone = service_yaml(
+        "t-life-gone",
+        "web",
+        &[("vipam.io/pool", pool)],
+        &[(80, "TCP")],
+    );
+    let out = cp.kubectl_stdin(&["apply", "-f", "-", "-o", "json"], &svc_gone);
+    assert!(out.status.success(), "{}", describe(&out));
+    let obj: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gone_ip = obj["metadata"]["annotations"]["vipam.io/assigned-ips"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(gone);
+    wait_for(
+        "the deleted namespace's address to be released",
+        Duration::from_secs(90),
+        || (phase(&gone_ip).as_deref() != Some("Bound")).then_some(()),
+    );
+
+    // IPPool deleted -> the Service keeps its address, reported Orphaned.
+    let ip = created(cp);
+    wait_for("status of web", Duration::from_secs(30), || {
+        ingress_ips(&get_json(cp, &["get", "service", "-n", &ns, "web"]))
+            .contains(&ip)
+            .then_some(())
+    });
+    cp.kubectl_ok(&["delete", "ippool", pool]);
+    let name = format!("v4-{}", ip.replace('.', "-"));
+    wait_for(
+        "the allocation to be reported Orphaned",
+        Duration::from_secs(60),
+        || {
+            let alloc = get_json(cp, &["get", "ipallocation", &name]);
+            alloc["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Orphaned" && c["status"] == "True")
+                })
+                .then_some(())
+        },
+    );
+    let svc_now = get_json(cp, &["get", "service", "-n", &ns, "web"]);
+    assert_eq!(
+        ingress_ips(&svc_now),
+        vec![ip.clone()],
+        "the pool's deletion took the address"
+    );
+    assert_eq!(phase(&ip).as_deref(), Some("Bound"));
+    v.assert_no_forbidden();
+}
