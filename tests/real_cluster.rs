@@ -11,13 +11,17 @@
 mod kubecp;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
+use kubecp::vipam::{
+    Installation, describe, get_json, ingress_ips, pool_json, service_json, service_yaml, text,
+    vipam_bin,
+};
 use kubecp::{ControlPlane, WEBHOOK_ADDRESSES, wait_for};
 use serde_json::{Value, json};
 
@@ -28,10 +32,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn vipam_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vipam")
-}
-
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -40,51 +40,15 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
-}
-
-/// The installation: control plane, install.yaml, two controllers.
-struct Vipam {
-    cp: &'static ControlPlane,
-    kubeconfig: PathBuf,
-    controllers: Mutex<Vec<Child>>,
-    logs: Vec<PathBuf>,
-}
-
-/// Admin (probe and metrics) address of controller `i`, inside the namespace.
-fn admin_addr(i: usize) -> String {
-    format!("127.0.0.1:{}", 18080 + i)
-}
-
-fn vipam() -> &'static Vipam {
-    static VIPAM: OnceLock<Vipam> = OnceLock::new();
-    VIPAM.get_or_init(Vipam::install)
-}
-
-impl Vipam {
-    fn install() -> Vipam {
+/// The installation shared by the tests: two controllers, and a second ServiceCIDR so the
+/// burst test's 254 Services get ClusterIPs (documentation ranges only).
+fn vipam() -> &'static Installation<'static> {
+    static VIPAM: OnceLock<Installation<'static>> = OnceLock::new();
+    VIPAM.get_or_init(|| {
         let cp = kubecp::shared();
-        let install = repo().join("manifests/install.yaml");
-        cp.kubectl_ok(&["apply", "--server-side", "-f", install.to_str().unwrap()]);
-        cp.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ]);
-        // More ClusterIPs than the default ServiceCIDR's /24 holds (the burst test alone keeps
-        // 254 Services), from documentation ranges only.
+        let sticky = format!("{}s", STICKY.as_secs());
+        let installation =
+            Installation::install(cp, &WEBHOOK_ADDRESSES, &["--sticky-release", &sticky]);
         let extra_cidr = json!({
             "apiVersion": "networking.k8s.io/v1",
             "kind": "ServiceCIDR",
@@ -93,214 +57,8 @@ impl Vipam {
         });
         let out = cp.kubectl_stdin(&["apply", "-f", "-"], &extra_cidr.to_string());
         assert!(out.status.success(), "ServiceCIDR: {}", describe(&out));
-        let kubeconfig = cp.service_account_kubeconfig("vipam-system", "vipam-controller");
-        let logs = (0..2)
-            .map(|i| cp.scratch.join(format!("controller-{i}.log")))
-            .collect();
-        let vipam = Vipam {
-            cp,
-            kubeconfig,
-            controllers: Mutex::new(Vec::new()),
-            logs,
-        };
-        set_webhook_endpoints(cp, &WEBHOOK_ADDRESSES);
-        for i in 0..2 {
-            let child = vipam.spawn_controller(i);
-            vipam.controllers.lock().unwrap().push(child);
-        }
-        for i in 0..2 {
-            vipam.wait_ready(i);
-        }
-        vipam.wait_webhook_answers();
-        vipam
-    }
-
-    fn spawn_controller(&self, i: usize) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.logs[i])
-            .unwrap();
-        let mut cmd = self.cp.command_in_ns(vipam_bin());
-        cmd.args(["controller", "--self-signed"])
-            .args(["--webhook-addr", &format!("{}:9443", WEBHOOK_ADDRESSES[i])])
-            .args(["--admin-addr", &admin_addr(i)])
-            .args(["--identity", &format!("vipam-controller-test-{i}")])
-            .args(["--sticky-release", &format!("{}s", STICKY.as_secs())])
-            .args(["--self-signed-check-interval", "2s"])
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("POD_NAMESPACE", "vipam-system")
-            .env("RUST_LOG", "info,vipam=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        ControlPlane::spawn_owned(cmd)
-    }
-
-    fn wait_ready(&self, i: usize) {
-        let addr = admin_addr(i);
-        wait_for(
-            &format!("controller {i} /readyz"),
-            Duration::from_secs(60),
-            || {
-                let ready = self.cp.http_get_in_ns(&addr, "/readyz");
-                matches!(ready, Some((200, _))).then_some(())
-            },
-        );
-    }
-
-    /// Waits until the API server calls the webhook through the Service with the injected
-    /// caBundle: a server dry run of a LoadBalancer Service is answered by vipam itself.
-    fn wait_webhook_answers(&self) {
-        let probe = service_yaml("default", "webhook-probe", &[], &[(80, "TCP")]);
-        wait_for(
-            "the API server to reach vipam's webhook",
-            Duration::from_secs(60),
-            || {
-                let out = self.cp.kubectl_stdin(
-                    &["create", "--dry-run=server", "-f", "-", "-o", "json"],
-                    &probe,
-                );
-                // Admitted with vipam's annotation (a pool serves `default`), or refused
-                // with vipam's own reason; never "failed calling webhook".
-                let stderr = text(&out.stderr);
-                let answered = if out.status.success() {
-                    text(&out.stdout).contains("vipam.io/assigned-ips")
-                } else {
-                    stderr.contains("vipam") && !stderr.contains("failed calling webhook")
-                };
-                answered.then_some(())
-            },
-        );
-    }
-
-    /// Restarts both controllers one at a time, as a rolling update does: the restarted
-    /// replica's endpoint leaves the Service while it is down.
-    fn restart_controllers(&self) {
-        for i in 0..2 {
-            let others: Vec<&str> = (0..2)
-                .filter(|&j| j != i)
-                .map(|j| WEBHOOK_ADDRESSES[j])
-                .collect();
-            set_webhook_endpoints(self.cp, &others);
-            {
-                let mut controllers = self.controllers.lock().unwrap();
-                let _ = controllers[i].kill();
-                let _ = controllers[i].wait();
-                controllers[i] = self.spawn_controller(i);
-            }
-            self.wait_ready(i);
-            set_webhook_endpoints(self.cp, &WEBHOOK_ADDRESSES);
-        }
-        self.wait_webhook_answers();
-    }
-
-    /// Fails the test if the shipped RBAC refused any call of a controller.
-    fn assert_no_forbidden(&self) {
-        for log in &self.logs {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let forbidden: Vec<&str> = text
-                .lines()
-                // RBAC's refusal: `... is forbidden: User "system:serviceaccount:..." cannot ...`
-                .filter(|l| {
-                    l.contains("is forbidden: User")
-                        || l.contains("cannot get resource")
-                        || l.contains("cannot list resource")
-                })
-                .collect();
-            assert!(
-                forbidden.is_empty(),
-                "the shipped RBAC refused calls of the controller ({}):\n{}",
-                log.display(),
-                forbidden.join("\n")
-            );
-        }
-    }
-}
-
-/// The EndpointSlice of the shipped `vipam-webhook` Service, naming the controllers' addresses
-/// (there is no kubelet: the tests publish the endpoints the endpointslice controller would).
-fn set_webhook_endpoints(cp: &ControlPlane, addresses: &[&str]) {
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": "vipam-webhook-tests",
-            "namespace": "vipam-system",
-            "labels": {
-                "kubernetes.io/service-name": "vipam-webhook",
-                "endpointslice.kubernetes.io/managed-by": "vipam-tests"
-            }
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "webhook", "port": 9443, "protocol": "TCP"}],
-        "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>()
-    });
-    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &slice.to_string());
-    assert!(out.status.success(), "EndpointSlice: {}", describe(&out));
-}
-
-/// A LoadBalancer Service as YAML (JSON is YAML) with annotations and (port, protocol) pairs.
-fn service_yaml(
-    ns: &str,
-    name: &str,
-    annotations: &[(&str, &str)],
-    ports: &[(u16, &str)],
-) -> String {
-    service_json(ns, name, annotations, ports).to_string()
-}
-
-fn service_json(
-    ns: &str,
-    name: &str,
-    annotations: &[(&str, &str)],
-    ports: &[(u16, &str)],
-) -> Value {
-    let annotations: serde_json::Map<String, Value> = annotations
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
-        "spec": {
-            "type": "LoadBalancer",
-            "selector": {"app": name},
-            "ports": ports.iter().map(|(port, protocol)| json!({
-                "name": format!("p{port}-{}", protocol.to_ascii_lowercase()),
-                "port": port,
-                "protocol": protocol
-            })).collect::<Vec<_>>()
-        }
+        installation
     })
-}
-
-fn pool_json(name: &str, blocks: Value, namespaces: &[&str]) -> String {
-    json!({
-        "apiVersion": "vipam.io/v1alpha1",
-        "kind": "IPPool",
-        "metadata": {"name": name},
-        "spec": {"blocks": blocks, "namespaces": namespaces}
-    })
-    .to_string()
-}
-
-fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&cp.kubectl_ok(&all)).unwrap()
-}
-
-fn ingress_ips(service: &Value) -> Vec<String> {
-    service["status"]["loadBalancer"]["ingress"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|i| i["ip"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// IPAllocations: ip -> (pool, phase, holders "ns/name").

@@ -110,21 +110,8 @@ impl AgentLab {
                 "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
             }));
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = vec![api_thread];
-        for node in NODES {
-            for sysctl in [
-                "net.ipv4.conf.all.arp_ignore=1",
-                "net.ipv4.conf.all.arp_announce=2",
-                "net.ipv4.conf.eth0.arp_ignore=1",
-                "net.ipv4.conf.eth0.arp_announce=2",
-            ] {
-                net.exec_ok(node, "sysctl", &["-qw", sysctl]);
-            }
-            let stop = stop.clone();
-            let name = node.to_string();
-            threads.push(net.thread_in(node, move || serve_name(&name, &stop)));
-        }
+        let (stop, mut threads) = start_workloads(&net);
+        threads.push(api_thread);
         AgentLab {
             net,
             fake,
@@ -140,14 +127,7 @@ impl AgentLab {
 
     /// Adds `ip` to `lo` on every node (the kernel accepts its traffic; the agent announces).
     pub fn add_vip_on_nodes(&self, ip: IpAddr) {
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        for node in NODES {
-            self.net.exec_ok(
-                node,
-                "ip",
-                &["addr", "add", &format!("{ip}/{prefix}"), "dev", "lo"],
-            );
-        }
+        add_vip_on_nodes(&self.net, ip);
     }
 
     /// An L2Announcement for every node on `eth0`, in `mode` (`arp` or `address`).
@@ -321,29 +301,7 @@ impl AgentLab {
         every: Duration,
         probe: impl Fn(Duration) -> Option<String> + Send + 'static,
     ) -> Prober {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let (s, out) = (stop.clone(), samples.clone());
-        let start = Instant::now();
-        let thread = self.net.thread_in("client", move || {
-            while !s.load(Ordering::Acquire) {
-                let at = Instant::now();
-                // A generous timeout: a loaded CI machine must not turn a slow answer into a
-                // failure (the failover gap is measured from answers, not timeouts).
-                let answer = probe(Duration::from_millis(500));
-                out.lock().unwrap().push((at, answer));
-                let spent = at.elapsed();
-                if spent < every {
-                    std::thread::sleep(every - spent);
-                }
-            }
-        });
-        Prober {
-            stop,
-            samples,
-            thread: Some(thread),
-            start,
-        }
+        prober_in(&self.net, every, probe)
     }
 
     /// Deletes the IPAllocation of `ip` through the API (as the controller does on release).
@@ -365,6 +323,37 @@ impl AgentLab {
     pub fn addresses(&self, node: &str, dev: &str) -> String {
         self.net
             .exec_ok(node, "ip", &["-d", "addr", "show", "dev", dev])
+    }
+}
+
+/// Runs `probe` (given its timeout) in the client of `net` every `every` until stopped.
+pub fn prober_in(
+    net: &Netlab,
+    every: Duration,
+    probe: impl Fn(Duration) -> Option<String> + Send + 'static,
+) -> Prober {
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let (s, out) = (stop.clone(), samples.clone());
+    let start = Instant::now();
+    let thread = net.thread_in("client", move || {
+        while !s.load(Ordering::Acquire) {
+            let at = Instant::now();
+            // A generous timeout: a loaded CI machine must not turn a slow answer into a
+            // failure (the failover gap is measured from answers, not timeouts).
+            let answer = probe(Duration::from_millis(500));
+            out.lock().unwrap().push((at, answer));
+            let spent = at.elapsed();
+            if spent < every {
+                std::thread::sleep(every - spent);
+            }
+        }
+    });
+    Prober {
+        stop,
+        samples,
+        thread: Some(thread),
+        start,
     }
 }
 
@@ -447,13 +436,48 @@ pub fn failures_after(samples: &[(Instant, Option<String>)], event: Instant) -> 
         .count()
 }
 
-fn probe(ip: IpAddr, timeout: Duration) -> Option<String> {
+/// One TCP probe of `ip` on the workload port: the name of the node that answered, or None.
+pub fn probe(ip: IpAddr, timeout: Duration) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&(ip, SERVICE_PORT).into(), timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     let answer = answer.trim().to_string();
     (!answer.is_empty()).then_some(answer)
+}
+
+/// Adds `ip` to `lo` on every node of `net` (the kernel accepts its traffic; the agent
+/// announces).
+pub fn add_vip_on_nodes(net: &Netlab, ip: IpAddr) {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    for node in NODES {
+        net.exec_ok(
+            node,
+            "ip",
+            &["addr", "add", &format!("{ip}/{prefix}"), "dev", "lo"],
+        );
+    }
+}
+
+/// Prepares the nodes of `net` as the agent tests need them (ARP sysctls) and starts the
+/// stand-in workload on each; returns the stop flag and the workload threads.
+pub fn start_workloads(net: &Netlab) -> (Arc<AtomicBool>, Vec<JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for node in NODES {
+        for sysctl in [
+            "net.ipv4.conf.all.arp_ignore=1",
+            "net.ipv4.conf.all.arp_announce=2",
+            "net.ipv4.conf.eth0.arp_ignore=1",
+            "net.ipv4.conf.eth0.arp_announce=2",
+        ] {
+            net.exec_ok(node, "sysctl", &["-qw", sysctl]);
+        }
+        let stop = stop.clone();
+        let name = node.to_string();
+        threads.push(net.thread_in(node, move || serve_name(&name, &stop)));
+    }
+    (stop, threads)
 }
 
 /// The stand-in workload: answers every connection with the node's name.

@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod vipam;
+
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -98,7 +100,8 @@ fn sweep_stale() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(pid) = name
                 .strip_prefix(&format!("{PREFIX}-"))
-                .and_then(|rest| rest.parse::<u32>().ok())
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
             else {
                 continue;
             };
@@ -124,61 +127,66 @@ fn sweep_stale() {
     }
 }
 
-/// The control plane of this test binary, started on first use.
+/// The control plane of this test binary, started on first use in a namespace of its own.
 pub fn shared() -> &'static ControlPlane {
     static CP: OnceLock<ControlPlane> = OnceLock::new();
-    CP.get_or_init(ControlPlane::start)
-}
-
-impl ControlPlane {
-    fn start() -> ControlPlane {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(
-            euid, 0,
-            "kubecp: the control plane runs in a network namespace; run the tests as root (euid is {euid})"
-        );
-        let bin = binaries();
-        sweep_stale();
-        let pid = std::process::id();
-        let netns = format!("{PREFIX}{pid}");
+    CP.get_or_init(|| {
+        require_root();
+        let netns = format!("{PREFIX}{}", std::process::id());
         let _ = run("ip", &["netns", "del", &netns]);
         must("ip", &["netns", "add", &netns]);
         must("ip", &["-n", &netns, "link", "set", "lo", "up"]);
         for address in std::iter::once(API_ADDRESS).chain(WEBHOOK_ADDRESSES) {
-            must(
-                "ip",
-                &[
-                    "-n",
-                    &netns,
-                    "addr",
-                    "add",
-                    &format!("{address}/32"),
-                    "dev",
-                    "lo",
-                ],
-            );
+            let cidr = format!("{address}/32");
+            must("ip", &["-n", &netns, "addr", "add", &cidr, "dev", "lo"]);
         }
-        let scratch = std::env::temp_dir().join(format!("{PREFIX}-{pid}"));
+        ControlPlane::start(&netns, API_ADDRESS, true)
+    })
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "kubecp: the control plane runs in a network namespace; run the tests as root (euid is {euid})"
+    );
+}
+
+impl ControlPlane {
+    /// A control plane inside an existing namespace (e.g. a tests/netlab host), the API server
+    /// on `address` of that namespace; stopped when dropped (or when the binary exits).
+    pub fn start_in(netns: &str, address: &str) -> ControlPlane {
+        ControlPlane::start(netns, address, false)
+    }
+
+    fn start(netns: &str, address: &str, delete_netns: bool) -> ControlPlane {
+        require_root();
+        let bin = binaries();
+        sweep_stale();
+        let pid = std::process::id();
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let netns = netns.to_string();
+        let scratch = std::env::temp_dir().join(format!("{PREFIX}-{pid}-{n}"));
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&scratch).expect("kubecp: scratch directory");
         let dir = scratch.join("controlplane");
         let kubeconfig_in_ns = scratch.join("admin-in-ns.kubeconfig");
         let started = Instant::now();
-        let out = Command::new(repo().join("tests/controlplane/start.sh"))
+        let mut command = Command::new(repo().join("tests/controlplane/start.sh"));
+        command
             .arg("--bin")
             .arg(&bin)
             .arg("--dir")
             .arg(&dir)
             .arg("--kubeconfig")
             .arg(&kubeconfig_in_ns)
-            .args([
-                "--netns",
-                &netns,
-                "--address",
-                API_ADDRESS,
-                "--delete-netns",
-            ])
+            .args(["--netns", &netns, "--address", address]);
+        if delete_netns {
+            command.arg("--delete-netns");
+        }
+        let out = command
             .args(["--owner-pid", &pid.to_string()])
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
@@ -194,7 +202,7 @@ impl ControlPlane {
             "kubecp: control plane ready in {:.1}s ({server_in_ns} in namespace {netns})",
             started.elapsed().as_secs_f64()
         );
-        let forward = forwarder(&netns, format!("{API_ADDRESS}:6443"));
+        let forward = forwarder(&netns, format!("{address}:6443"));
         let kubeconfig = scratch.join("admin.kubeconfig");
         let text = std::fs::read_to_string(&kubeconfig_in_ns).expect("kubecp: admin kubeconfig");
         std::fs::write(
@@ -362,6 +370,15 @@ impl ControlPlane {
             cp: self,
             name: name.to_string(),
         }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tests/controlplane/stop.sh"))
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
