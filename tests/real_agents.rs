@@ -177,7 +177,11 @@ fn agents_on_the_real_api_server_answer_fail_over_and_outlive_an_outage() {
         "arping",
         &["-c", "3", "-w", "4", "-I", "eth0", "192.0.2.200"],
     );
-    assert!(out.status.success(), "arping from the client: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "arping from the client: {}",
+        describe(&out)
+    );
     let replies = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(
         replies.contains(&net.host(&owner).mac_string()),

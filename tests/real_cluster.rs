@@ -311,6 +311,8 @@ fn gitops_example_gets_the_addresses_vipam_check_printed() {
     v.assert_no_forbidden();
 }
 
+/// `kubectl apply` of `object` must fail with vipam's webhook's denial; returns kubectl's
+/// error output.
 fn apply_error(cp: &ControlPlane, object: &str) -> String {
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], object);
     assert!(
@@ -318,7 +320,12 @@ fn apply_error(cp: &ControlPlane, object: &str) -> String {
         "kubectl apply should have failed: {}",
         describe(&out)
     );
-    text(&out.stderr)
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("admission webhook \"services.vipam.io\" denied the request"),
+        "not vipam's denial: {stderr}"
+    );
+    stderr
 }
 
 #[test]

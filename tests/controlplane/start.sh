@@ -127,7 +127,7 @@ launch kube-apiserver "$bin/kube-apiserver" \
     --token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range 198.51.100.0/24 \
+    --service-cluster-ip-range 198.51.100.0/24,2001:db8:5::/108 \
     --endpoint-reconciler-type none \
     --enable-aggregator-routing=true \
     --enable-priority-and-fairness=false \

@@ -50,7 +50,7 @@ pub struct ControlPlane {
     pub forward: std::net::SocketAddr,
 }
 
-fn repo() -> &'static Path {
+pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -316,15 +316,23 @@ impl ControlPlane {
         spawn_owned(cmd)
     }
 
-    /// Runs `f` on a thread inside the control plane's namespace (sockets it opens are there).
-    pub fn run_in_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+    /// Starts a thread inside the control plane's namespace running `f` (sockets it, or a
+    /// runtime it builds, opens are there).
+    pub fn thread_in_ns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.netns);
         let ns_file = std::fs::File::open(&path).unwrap();
-        let handle = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             enter(&ns_file);
             f()
-        });
-        match handle.join() {
+        })
+    }
+
+    /// Runs `f` on a thread inside the control plane's namespace (sockets it opens are there).
+    pub fn run_in_ns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        match self.thread_in_ns(f).join() {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
         }
