@@ -22,7 +22,7 @@ use kubecp::vipam::{
     Installation, describe, get_json, ingress_ips, pool_json, service_json, service_yaml, text,
     vipam_bin,
 };
-use kubecp::{ControlPlane, WEBHOOK_ADDRESSES, wait_for};
+use kubecp::{ControlPlane, TestNamespace, WEBHOOK_ADDRESSES, wait_for};
 use serde_json::{Value, json};
 
 /// The sticky period of the test installation (short, so the lifecycle test sees expiry).
@@ -55,10 +55,30 @@ fn vipam() -> &'static Installation<'static> {
             "metadata": {"name": "vipam-tests"},
             "spec": {"cidrs": ["203.0.113.128/25"]}
         });
-        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &extra_cidr.to_string());
-        assert!(out.status.success(), "ServiceCIDR: {}", describe(&out));
+        apply_ok(cp, &extra_cidr.to_string());
         installation
     })
+}
+
+/// A namespace for one test and a pool of the same name serving it (and the namespaces in
+/// `also`); the namespace goes when the guard drops, the pool at the end of the test.
+fn namespace_with_pool(
+    cp: &'static ControlPlane,
+    name: &str,
+    blocks: Value,
+    also: &[&str],
+) -> TestNamespace {
+    let guard = cp.namespace(name);
+    let mut namespaces = vec![name];
+    namespaces.extend_from_slice(also);
+    apply_ok(cp, &pool_json(name, blocks, &namespaces));
+    guard
+}
+
+/// `kubectl apply -f -` of `object`, which must succeed.
+fn apply_ok(cp: &ControlPlane, object: &str) {
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], object);
+    assert!(out.status.success(), "{}", describe(&out));
 }
 
 /// IPAllocations: ip -> (pool, phase, holders "ns/name").
@@ -333,18 +353,10 @@ fn conflicts_are_apply_errors_and_dry_runs_reserve_nothing() {
     let _serial = serial();
     let v = vipam();
     let cp = v.cp;
-    let ns_guard = cp.namespace("t-conflicts");
-    let ns = ns_guard.name.as_str();
     let pool = "t-conflicts";
-    let out = cp.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &pool_json(
-            pool,
-            json!([{"start": "203.0.113.16", "stop": "203.0.113.17"}]),
-            &[ns],
-        ),
-    );
-    assert!(out.status.success(), "{}", describe(&out));
+    let blocks = json!([{"start": "203.0.113.16", "stop": "203.0.113.17"}]);
+    let ns_guard = namespace_with_pool(cp, pool, blocks, &[]);
+    let ns = ns_guard.name.as_str();
     let in_pool = [("vipam.io/pool", pool)];
 
     // A server dry run is answered but reserves nothing.
@@ -371,11 +383,7 @@ fn conflicts_are_apply_errors_and_dry_runs_reserve_nothing() {
         annotations.extend_from_slice(extra);
         service_yaml(ns, name, &annotations, ports)
     };
-    let out = cp.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &pinned("first", "203.0.113.16", &[], &[(80, "TCP")]),
-    );
-    assert!(out.status.success(), "{}", describe(&out));
+    apply_ok(cp, &pinned("first", "203.0.113.16", &[], &[(80, "TCP")]));
 
     // A duplicate pin names the holder.
     let err = apply_error(cp, &pinned("second", "203.0.113.16", &[], &[(80, "TCP")]));
@@ -390,11 +398,10 @@ fn conflicts_are_apply_errors_and_dry_runs_reserve_nothing() {
 
     // A port clash on a shared address names the port and the other Service.
     let share = [("vipam.io/sharing-key", "dns")];
-    let out = cp.kubectl_stdin(
-        &["apply", "-f", "-"],
+    apply_ok(
+        cp,
         &pinned("dns-udp", "203.0.113.17", &share, &[(53, "UDP")]),
     );
-    assert!(out.status.success(), "{}", describe(&out));
     let err = apply_error(
         cp,
         &pinned("dns-udp-2", "203.0.113.17", &share, &[(53, "UDP")]),
@@ -479,14 +486,12 @@ fn five_hundred_concurrent_creates_never_share_an_address() {
     let _serial = serial();
     let v = vipam();
     let cp = v.cp;
-    let ns_guard = cp.namespace("t-burst");
-    let ns = ns_guard.name.clone();
     let pool = "t-burst";
-    let out = cp.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &pool_json(pool, json!([{"cidr": "192.0.2.0/24"}]), &[&ns]),
-    );
-    assert!(out.status.success(), "{}", describe(&out));
+    let ns_guard = namespace_with_pool(cp, pool, json!([{"cidr": "192.0.2.0/24"}]), &[]);
+    let ns = ns_guard.name.clone();
+    let served_before = [v.admissions(0), v.admissions(1)];
+    // Every fifth request pins one of the first 100 addresses: many collide.
+    let pin = |i: usize| i.is_multiple_of(5).then(|| format!("192.0.2.{}", 1 + (i * 7) % 100));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let results = runtime.block_on(async {
         let client = cp.client().await;
@@ -494,22 +499,27 @@ fn five_hundred_concurrent_creates_never_share_an_address() {
         let creates = (0..500).map(|i| {
             let api = api.clone();
             let ns = ns.clone();
+            let pinned = pin(i);
             async move {
+                let mut annotations = vec![("vipam.io/pool", "t-burst")];
+                if let Some(ip) = &pinned {
+                    annotations.push(("vipam.io/ips", ip.as_str()));
+                }
                 let svc: Service = serde_json::from_value(service_json(
                     &ns,
                     &format!("burst-{i:03}"),
-                    &[("vipam.io/pool", "t-burst")],
+                    &annotations,
                     &[(80, "TCP")],
                 ))
                 .unwrap();
-                api.create(&PostParams::default(), &svc).await
+                (pinned, api.create(&PostParams::default(), &svc).await)
             }
         });
         futures::future::join_all(creates).await
     });
     let mut granted: BTreeMap<String, String> = BTreeMap::new();
     let mut denials = Vec::new();
-    for result in results {
+    for (pinned, result) in results {
         match result {
             Ok(svc) => {
                 let name = svc.metadata.name.clone().unwrap();
@@ -519,24 +529,36 @@ fn five_hundred_concurrent_creates_never_share_an_address() {
                     .as_ref()
                     .and_then(|a| a.get("vipam.io/assigned-ips").cloned())
                     .unwrap_or_else(|| panic!("{name} was admitted without an address"));
+                if let Some(pinned) = pinned {
+                    assert_eq!(ip, pinned, "{name} pinned {pinned}");
+                }
                 if let Some(other) = granted.insert(ip.clone(), name.clone()) {
                     panic!("{ip} granted to both {other} and {name}");
                 }
             }
-            Err(kube::Error::Api(status)) => denials.push(status.message),
+            Err(kube::Error::Api(status)) => denials.push((pinned, status.message)),
             Err(other) => panic!("create failed outside the API: {other}"),
         }
     }
+    let served = [
+        v.admissions(0) - served_before[0],
+        v.admissions(1) - served_before[1],
+    ];
     eprintln!(
-        "500 concurrent creates: {} granted, {} denied",
+        "500 concurrent creates: {} granted, {} denied; admissions per replica {served:?}",
         granted.len(),
         denials.len()
     );
+    assert!(
+        served.iter().all(|n| *n >= 50),
+        "both replicas must have answered: {served:?}"
+    );
     assert_eq!(granted.len(), 254, "a /24 has 254 usable addresses");
     assert_eq!(denials.len(), 246);
-    for message in &denials {
+    for (pinned, message) in &denials {
         assert!(
-            message.contains("vipam") && message.contains(pool),
+            message.contains("services.vipam.io\" denied the request")
+                && (message.contains(pool) || pinned.as_ref().is_some_and(|p| message.contains(p))),
             "a denial without vipam's reason: {message}"
         );
     }
@@ -566,18 +588,10 @@ fn lifecycle_through_real_garbage_collection() {
     let _serial = serial();
     let v = vipam();
     let cp = v.cp;
-    let ns_guard = cp.namespace("t-life");
-    let ns = ns_guard.name.clone();
     let pool = "t-life";
-    let out = cp.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &pool_json(
-            pool,
-            json!([{"start": "203.0.113.32", "stop": "203.0.113.47"}]),
-            &[&ns, "t-life-gone"],
-        ),
-    );
-    assert!(out.status.success(), "{}", describe(&out));
+    let blocks = json!([{"start": "203.0.113.32", "stop": "203.0.113.47"}]);
+    let ns_guard = namespace_with_pool(cp, pool, blocks, &["t-life-gone"]);
+    let ns = ns_guard.name.clone();
     let svc = service_yaml(&ns, "web", &[("vipam.io/pool", pool)], &[(80, "TCP")]);
     let created = |cp: &ControlPlane| -> String {
         let out = cp.kubectl_stdin(&["apply", "-f", "-", "-o", "json"], &svc);

@@ -248,16 +248,10 @@ impl Reconciler {
             .await
         {
             Ok(()) => report.events += 1,
-            // A namespace being deleted refuses new objects, Events included (403 with cause
-            // NamespaceTerminating): expected while its Services go, not worth a warning.
-            Err(kube::Error::Api(status))
-                if status.details.as_ref().is_some_and(|details| {
-                    details
-                        .causes
-                        .iter()
-                        .any(|cause| cause.reason == "NamespaceTerminating")
-                }) =>
-            {
+            // A namespace being deleted refuses new objects (403, cause NamespaceTerminating)
+            // and one already gone answers 404 for it: expected while the namespace controller
+            // deletes its Services, not worth a warning per Event.
+            Err(kube::Error::Api(status)) if namespace_is_going(&status) => {
                 tracing::debug!(%service, reason, "no Event: the namespace is being deleted")
             }
             Err(err) => {
@@ -1113,5 +1107,49 @@ async fn write_status<K>(
             what: format!("writing the status of {kind} {name}"),
             source,
         }),
+    }
+}
+
+/// Whether the API refused a write because the object's namespace is being deleted or is gone.
+fn namespace_is_going(status: &kube::core::Status) -> bool {
+    let details = status.details.as_ref();
+    let terminating = status.code == 403
+        && details.is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"));
+    let gone = status.code == 404 && details.is_some_and(|d| d.kind == "namespaces");
+    terminating || gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::namespace_is_going;
+
+    fn status(json: serde_json::Value) -> kube::core::Status {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_namespace_going_away_is_recognised_from_the_api_answers() {
+        // As kube-apiserver 1.37 answers an Event create in a terminating namespace ...
+        let terminating = status(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "events.events.k8s.io \"web.1\" is forbidden: unable to create new content in namespace t because it is being terminated",
+            "details": {"name": "web.1", "group": "events.k8s.io", "kind": "events",
+                        "causes": [{"reason": "NamespaceTerminating", "message": "namespace t is being terminated", "field": "metadata.namespace"}]}
+        }));
+        // ... and in one already deleted.
+        let gone = status(serde_json::json!({
+            "status": "Failure", "code": 404, "reason": "NotFound",
+            "message": "namespaces \"t\" not found",
+            "details": {"name": "t", "kind": "namespaces"}
+        }));
+        // RBAC's refusal is not one of them.
+        let rbac = status(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "events.events.k8s.io is forbidden: User \"system:serviceaccount:vipam-system:vipam-controller\" cannot create resource \"events\"",
+            "details": {"group": "events.k8s.io", "kind": "events"}
+        }));
+        assert!(namespace_is_going(&terminating));
+        assert!(namespace_is_going(&gone));
+        assert!(!namespace_is_going(&rbac));
     }
 }

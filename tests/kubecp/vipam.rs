@@ -167,6 +167,21 @@ impl<'a> Installation<'a> {
         self.wait_webhook_answers();
     }
 
+    /// Service admissions replica `i` has answered (its `vipam_admissions_total`).
+    pub fn admissions(&self, i: usize) -> u64 {
+        let (status, body) = self
+            .cp
+            .http_get_in_ns(&admin_addr(i), "/metrics")
+            .unwrap_or_else(|| panic!("controller {i} /metrics does not answer"));
+        assert_eq!(status, 200, "controller {i} /metrics");
+        body.lines()
+            .filter(|l| {
+                l.starts_with("vipam_admissions_total{") && l.contains("webhook=\"service\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// Fails the test if the shipped RBAC refused any call of a controller.
     pub fn assert_no_forbidden(&self) {
         assert_no_forbidden(&self.logs);
