@@ -491,7 +491,10 @@ fn five_hundred_concurrent_creates_never_share_an_address() {
     let ns = ns_guard.name.clone();
     let served_before = [v.admissions(0), v.admissions(1)];
     // Every fifth request pins one of the first 100 addresses: many collide.
-    let pin = |i: usize| i.is_multiple_of(5).then(|| format!("192.0.2.{}", 1 + (i * 7) % 100));
+    let pin = |i: usize| {
+        i.is_multiple_of(5)
+            .then(|| format!("192.0.2.{}", 1 + (i * 7) % 100))
+    };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let results = runtime.block_on(async {
         let client = cp.client().await;
@@ -689,5 +692,113 @@ fn lifecycle_through_real_garbage_collection() {
         "the pool's deletion took the address"
     );
     assert_eq!(phase(&ip).as_deref(), Some("Bound"));
+    v.assert_no_forbidden();
+}
+
+/// The field managers recorded in `object`'s managedFields, with the subresource they wrote.
+fn managers(object: &Value) -> BTreeSet<String> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    let manager = e["manager"].as_str().unwrap_or("");
+                    match e["subresource"].as_str() {
+                        Some(sub) if !sub.is_empty() => format!("{manager}/{sub}"),
+                        _ => manager.to_string(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_write_names_its_component_as_field_manager() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let checked = gitops_applied();
+    wait_gitops_status(cp, checked);
+    // What users' tools write (kubectl, server-side or not) and what vipam writes.
+    let users = ["kubectl", "kubectl-client-side-apply", "kubectl-create"];
+    let vipam = ["vipam-webhook", "vipam-controller", "vipam-agent"];
+    let mut seen = Vec::new();
+    let mut check = |what: String, object: &Value| {
+        for manager in managers(object) {
+            let name = manager.split('/').next().unwrap().to_string();
+            assert!(
+                users.contains(&name.as_str()) || vipam.contains(&name.as_str()),
+                "{what}: field manager {manager:?} is neither a user's tool nor a vipam component"
+            );
+            seen.push(format!("{what}: {manager}"));
+        }
+    };
+    for (key, _, _) in checked {
+        let (ns, name) = key.split_once('/').unwrap();
+        check(
+            format!("Service {key}"),
+            &get_json(
+                cp,
+                &["get", "--show-managed-fields", "service", "-n", ns, name],
+            ),
+        );
+    }
+    for kind in ["ipallocations", "ippools", "l2announcements"] {
+        for item in get_json(cp, &["get", "--show-managed-fields", kind])["items"]
+            .as_array()
+            .unwrap()
+        {
+            check(format!("{kind} {}", item["metadata"]["name"]), item);
+        }
+    }
+    check(
+        "Lease vipam-controller".into(),
+        &get_json(
+            cp,
+            &[
+                "get",
+                "--show-managed-fields",
+                "lease",
+                "-n",
+                "vipam-system",
+                "vipam-controller",
+            ],
+        ),
+    );
+    check(
+        "Secret vipam-webhook-tls".into(),
+        &get_json(
+            cp,
+            &[
+                "get",
+                "--show-managed-fields",
+                "secret",
+                "-n",
+                "vipam-system",
+                "vipam-webhook-tls",
+            ],
+        ),
+    );
+    for kind in [
+        "mutatingwebhookconfiguration",
+        "validatingwebhookconfiguration",
+    ] {
+        check(
+            format!("{kind} vipam"),
+            &get_json(cp, &["get", "--show-managed-fields", kind, "vipam"]),
+        );
+    }
+    // Each vipam component's writes are there to be seen.
+    let seen = seen.join("\n");
+    for expected in [
+        "vipam-webhook",
+        "vipam-controller/status",
+        "Secret vipam-webhook-tls: vipam-controller",
+        "Lease vipam-controller: vipam-controller",
+    ] {
+        assert!(seen.contains(expected), "no {expected:?} among\n{seen}");
+    }
     v.assert_no_forbidden();
 }

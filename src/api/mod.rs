@@ -21,6 +21,23 @@ pub const GROUP: &str = "vipam.io";
 pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD vipam defines, in a stable order.
+/// Create/replace parameters naming `manager` (`vipam-webhook`, `vipam-controller`,
+/// `vipam-agent`) as the field manager, so managedFields say which component wrote what.
+pub fn post_params(manager: &str) -> kube::api::PostParams {
+    kube::api::PostParams {
+        field_manager: Some(manager.to_string()),
+        ..kube::api::PostParams::default()
+    }
+}
+
+/// Patch parameters naming `manager` as the field manager (see [`post_params`]).
+pub fn patch_params(manager: &str) -> kube::api::PatchParams {
+    kube::api::PatchParams {
+        field_manager: Some(manager.to_string()),
+        ..kube::api::PatchParams::default()
+    }
+}
+
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![IPPool::crd(), IPAllocation::crd(), L2Announcement::crd()]
 }

@@ -13,10 +13,12 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use tokio::sync::watch;
 
 use super::clock::SharedClock;
+use super::reconcile::FIELD_MANAGER;
+use crate::api::post_params;
 
 /// Name of the controller's Lease.
 pub const LEASE_NAME: &str = "vipam-controller";
@@ -166,7 +168,7 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match self.api.create(&post_params(FIELD_MANAGER), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
                 Err(source) => Err(api_error(source)),
@@ -189,7 +191,11 @@ impl Elector {
         spec.renew_time = Some(micro_time(now));
         spec.lease_duration_seconds = Some(duration_secs);
         // The resourceVersion read makes this a compare-and-swap.
-        match self.api.replace(name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(name, &post_params(FIELD_MANAGER), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(source) => Err(api_error(source)),

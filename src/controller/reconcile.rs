@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, ObjectReference, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -20,7 +20,7 @@ use super::conditions::{self, ALLOCATED, ANNOUNCED, CONFLICT, ORPHANED, READY, W
 use super::lease::LeaderGate;
 use crate::api::{
     AllocationPhase, IPAllocation, IPPool, L2Announcement, LabelSelectorExt, allocation_object,
-    l2_pool_names, pool_spec, service_view, time_from_seconds,
+    l2_pool_names, patch_params, pool_spec, post_params, service_view, time_from_seconds,
 };
 use crate::cache::{Caches, valid};
 use crate::core::allocate::{Context, Decision, Denial, How, Ledger, LedgerEntry};
@@ -461,7 +461,7 @@ impl Reconciler {
             replacement.spec = allocation_object(&left).spec;
             stored = self
                 .allocations
-                .replace(&name, &PostParams::default(), &replacement)
+                .replace(&name, &post_params(FIELD_MANAGER), &replacement)
                 .await
                 .map_err(|source| ReconcileError::Api {
                     what: format!("updating IPAllocation {name}"),
@@ -480,7 +480,7 @@ impl Reconciler {
             });
             stored = self
                 .allocations
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch_status(&name, &patch_params(FIELD_MANAGER), &Patch::Merge(&patch))
                 .await
                 .map_err(|source| ReconcileError::Api {
                     what: format!("releasing IPAllocation {name}"),
@@ -613,7 +613,7 @@ impl Reconciler {
                 .allocations
                 .patch_status(
                     name,
-                    &PatchParams::default(),
+                    &patch_params(FIELD_MANAGER),
                     &Patch::Merge(&json!({"status": status})),
                 )
                 .await
@@ -1097,7 +1097,7 @@ async fn write_status<K>(
     match api
         .patch_status(
             name,
-            &PatchParams::default(),
+            &patch_params(FIELD_MANAGER),
             &Patch::Merge(&json!({ "status": status })),
         )
         .await

@@ -9,14 +9,17 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch};
 
-use crate::api::{self, IPAllocation, IPPool, L2Announcement, allocation_object};
+use crate::api::{
+    self, IPAllocation, IPPool, L2Announcement, allocation_object, patch_params, post_params,
+};
 use crate::cache::{Caches, valid};
 use crate::core::allocate::{Decision, Ledger, LedgerEntry};
 use crate::core::names::allocation_name;
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::request::Request;
+use crate::webhook::FIELD_MANAGER;
 
 /// A consistent view for one decision (borrowed while the ledger is locked).
 pub struct Snapshot<'a> {
@@ -226,7 +229,7 @@ impl LedgerView {
             Write::Create(entry) => {
                 let mut object = allocation_object(entry);
                 object.status = None;
-                self.api.create(&PostParams::default(), &object).await
+                self.api.create(&post_params(FIELD_MANAGER), &object).await
             }
             Write::Replace {
                 current,
@@ -237,7 +240,7 @@ impl LedgerView {
                 object.spec = allocation_object(entry).spec;
                 let replaced = self
                     .api
-                    .replace(&name, &PostParams::default(), &object)
+                    .replace(&name, &post_params(FIELD_MANAGER), &object)
                     .await;
                 match replaced {
                     Ok(replaced) if *rebind => {
@@ -245,7 +248,11 @@ impl LedgerView {
                             "status": {"phase": "Bound", "releasedAt": null}
                         });
                         self.api
-                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .patch_status(
+                                &name,
+                                &patch_params(FIELD_MANAGER),
+                                &Patch::Merge(&patch),
+                            )
                             .await
                             .or(Ok(replaced))
                     }

@@ -30,6 +30,8 @@ use crate::core::allocate::Context;
 use crate::core::request::RequestPolicy;
 
 /// Request bodies larger than this are refused (the API server sends far less).
+/// Field manager of the webhook's writes (the ledger).
+pub const FIELD_MANAGER: &str = "vipam-webhook";
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// An admission that takes longer is answered with an error (the API server waits 10 s at most).
 pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(9);

@@ -15,7 +15,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -23,8 +23,8 @@ use rcgen::{
 };
 use serde::de::DeserializeOwned;
 
-/// Field manager of vipam's writes.
-pub const FIELD_MANAGER: &str = "vipam";
+/// Field manager of these writes: the controller process makes them.
+pub const FIELD_MANAGER: &str = "vipam-controller";
 const CA_NOT_AFTER: &str = "vipam.io/ca-not-after";
 const CERT_NOT_AFTER: &str = "vipam.io/cert-not-after";
 const CA_COMMON_NAME: &str = "vipam-webhook-ca";
@@ -287,7 +287,7 @@ pub async fn ensure_secret(
             None => {
                 let bundle = generate(now, config)?;
                 api.create(
-                    &PostParams::default(),
+                    &crate::api::post_params(FIELD_MANAGER),
                     &secret_object(config, &bundle, None),
                 )
                 .await
@@ -305,7 +305,7 @@ pub async fn ensure_secret(
                 if changed || renewed {
                     api.replace(
                         &config.secret_name,
-                        &PostParams::default(),
+                        &crate::api::post_params(FIELD_MANAGER),
                         &secret_object(config, &bundle, Some(secret)),
                     )
                     .await

@@ -52,7 +52,7 @@ use shares::{AnnouncerShares, Share};
 /// The Lease the control-plane nodes compete for.
 pub const LEASE_NAME: &str = "vipam-control-plane";
 /// Field manager of the control-plane Lease writes.
-pub const FIELD_MANAGER: &str = "vipam-control-plane";
+pub const FIELD_MANAGER: &str = "vipam-agent";
 /// TLS name checked when talking to the local API server by address (`--api-server local`):
 /// every kubeadm API server certificate carries it.
 pub const LOCAL_TLS_SERVER_NAME: &str = "kubernetes";
