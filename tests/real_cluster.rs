@@ -627,12 +627,13 @@ fn lifecycle_through_real_garbage_collection() {
         || (phase(&ip).as_deref() == Some("Bound")).then_some(()),
     );
 
-    // Deleted for good -> the IPAllocation goes after the sticky period.
+    // Deleted for good -> the IPAllocation goes when the sticky period ends (the controller
+    // wakes up for it; its resync is the default 30 s), within a second or so.
     cp.kubectl_ok(&["delete", "service", "-n", &ns, "web"]);
     let started = Instant::now();
     wait_for(
         "the Released allocation to be deleted",
-        STICKY + Duration::from_secs(45),
+        STICKY + Duration::from_secs(2),
         || phase(&ip).is_none().then_some(()),
     );
     eprintln!(
@@ -799,6 +800,46 @@ fn every_write_names_its_component_as_field_manager() {
         "Lease vipam-controller: vipam-controller",
     ] {
         assert!(seen.contains(expected), "no {expected:?} among\n{seen}");
+    }
+    v.assert_no_forbidden();
+}
+
+#[test]
+fn a_pool_and_its_service_in_one_apply() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let guard = cp.namespace("t-together");
+    let ns = guard.name.as_str();
+    // One `kubectl apply` of a new pool and a Service naming it (as a kustomization without
+    // Argo CD's sync waves does): the Service gets the pool's first address every time.
+    for round in 0..5 {
+        let pool = format!("t-together-{round}");
+        let first = format!("203.0.113.{}", 64 + round * 4);
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+            serde_json::from_str::<Value>(&pool_json(
+                &pool,
+                json!([{"start": first, "stop": format!("203.0.113.{}", 67 + round * 4)}]),
+                &[ns],
+            ))
+            .unwrap(),
+            service_json(ns, &format!("web-{round}"), &[("vipam.io/pool", &pool)], &[(80, "TCP")]),
+        ]});
+        let out = cp.kubectl_stdin(
+            &["apply", "--server-side", "-f", "-", "-o", "json"],
+            &list.to_string(),
+        );
+        assert!(out.status.success(), "round {round}: {}", describe(&out));
+        let applied: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let service = &applied["items"][1];
+        assert_eq!(
+            service["metadata"]["annotations"]["vipam.io/assigned-ips"], first,
+            "round {round}: {service}"
+        );
+    }
+    drop(guard);
+    for round in 0..5 {
+        cp.kubectl(&["delete", "ippool", &format!("t-together-{round}")]);
     }
     v.assert_no_forbidden();
 }

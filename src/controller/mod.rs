@@ -430,6 +430,10 @@ async fn reconcile_loop(
         } else {
             resync.min(Duration::from_secs(1))
         };
+        // A sticky reservation that runs out is deleted on time, not at the next resync.
+        let wait = report
+            .next_expiry_in
+            .map_or(wait, |expiry| wait.min(expiry));
         tokio::select! {
             _ = changed.notified() => {}
             _ = leadership.changed() => {}

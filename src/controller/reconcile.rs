@@ -87,6 +87,9 @@ pub struct PassReport {
     pub events: usize,
     /// Writes that failed (retried by the next pass), by metric label.
     pub failures: BTreeMap<&'static str, usize>,
+    /// Time until the first sticky reservation runs out (the next pass should come then,
+    /// not at the next resync).
+    pub next_expiry_in: Option<std::time::Duration>,
 }
 
 impl PassReport {
@@ -276,6 +279,17 @@ impl Reconciler {
         }
         self.leave_stale(&seen, &ctx, &mut report).await;
         self.expire(&ctx, &mut report).await;
+        report.next_expiry_in = self
+            .caches
+            .ledger
+            .lock()
+            .ledger
+            .next_expiry(&ctx)
+            .map(|at| {
+                // Just past the second at which the entry counts as expired.
+                let millis = at.saturating_mul(1000) - self.clock.now_millis() + 50;
+                std::time::Duration::from_millis(millis.max(0) as u64)
+            });
         for (service, item) in &seen {
             if let Err(err) = self
                 .reconcile_service(service, item, &ctx, &mut report)

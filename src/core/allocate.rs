@@ -276,6 +276,16 @@ impl Ledger {
         }
     }
 
+    /// When the first released entry's reservation runs out (unix seconds; at that second
+    /// [`Ledger::expire`] drops it), or None when nothing is released.
+    pub fn next_expiry(&self, ctx: &Context) -> Option<i64> {
+        self.entries
+            .values()
+            .filter_map(|e| e.released_at)
+            .map(|at| at.saturating_add(ctx.sticky_release_secs))
+            .min()
+    }
+
     /// Drops released entries whose reservation ran out; returns their addresses.
     pub fn expire(&mut self, ctx: &Context) -> Vec<IpAddr> {
         let expired: Vec<IpAddr> = self

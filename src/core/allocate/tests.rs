@@ -568,3 +568,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn next_expiry_is_the_first_released_entry_plus_the_sticky_period() {
+    let ctx = Context {
+        now: 1_000,
+        sticky_release_secs: 600,
+    };
+    let mut ledger = Ledger::default();
+    assert_eq!(ledger.next_expiry(&ctx), None);
+    let entry = |ip: &str, released_at: Option<i64>| LedgerEntry {
+        ip: ip.parse().unwrap(),
+        pool: "lan".into(),
+        sharing_key: None,
+        members: Vec::new(),
+        released_at,
+    };
+    ledger.upsert(entry("192.0.2.1", None));
+    assert_eq!(ledger.next_expiry(&ctx), None, "bound entries never expire");
+    ledger.upsert(entry("192.0.2.2", Some(900)));
+    ledger.upsert(entry("192.0.2.3", Some(700)));
+    assert_eq!(ledger.next_expiry(&ctx), Some(1_300));
+    // At that second the entry is expired, one second before it is not.
+    let at = |now| Context { now, ..ctx };
+    assert!(ledger.clone().expire(&at(1_299)).is_empty());
+    assert_eq!(
+        ledger.clone().expire(&at(1_300)),
+        vec!["192.0.2.3".parse::<std::net::IpAddr>().unwrap()]
+    );
+}
