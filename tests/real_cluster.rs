@@ -843,3 +843,39 @@ fn a_pool_and_its_service_in_one_apply() {
     }
     v.assert_no_forbidden();
 }
+
+#[test]
+fn the_control_plane_health_probe_verifies_the_api_server_certificate() {
+    use vipam::agent::control_plane::HealthProbe;
+    let cp = kubecp::shared();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        // The API server's /readyz through a loopback URL, as the agent probes its own node.
+        let url = format!("https://127.0.0.1:{}/readyz", cp.forward.port());
+        let timeout = Duration::from_secs(5);
+        let probe = HealthProbe::new(&config, &url, timeout).unwrap();
+        probe
+            .check()
+            .await
+            .unwrap_or_else(|e| panic!("the probe of the real API server failed: {e}"));
+        // With a CA that did not sign the server's certificate, the probe fails in the TLS
+        // handshake: the credentials are never sent to a server it cannot verify.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let other_ca = rcgen::CertificateParams::new(vec!["kubernetes".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut untrusted = config.clone();
+        untrusted.root_cert = Some(vec![other_ca.der().to_vec()]);
+        let probe = HealthProbe::new(&untrusted, &url, timeout).unwrap();
+        let err = probe
+            .check()
+            .await
+            .expect_err("a server whose certificate the CA did not sign was trusted");
+        eprintln!("untrusted server refused: {err}");
+    });
+}

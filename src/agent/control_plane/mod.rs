@@ -211,7 +211,10 @@ pub struct HealthProbe {
 }
 
 impl HealthProbe {
-    /// A probe of `url` with the credentials of `base` (certificate not verified).
+    /// A probe of `url` with the credentials of `base`, verifying the server's certificate as
+    /// the main client does (the kubeconfig's CA; for a loopback URL the name `kubernetes`,
+    /// which every API server certificate carries). An unverified server never sees the
+    /// credentials: the TLS handshake fails first.
     pub fn new(
         base: &Config,
         url: &str,
@@ -237,8 +240,19 @@ impl HealthProbe {
             .map_or("/".to_string(), |p| p.to_string());
         let origin = format!("{scheme}://{authority}");
         config.cluster_url = origin.parse().map_err(|e| error(format!("{e}")))?;
-        config.accept_invalid_certs = true;
-        config.tls_server_name = None;
+        let loopback = config.cluster_url.host().is_some_and(|host| {
+            host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        config.tls_server_name = if loopback {
+            Some(LOCAL_TLS_SERVER_NAME.to_string())
+        } else {
+            None
+        };
         config.connect_timeout = Some(timeout);
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
