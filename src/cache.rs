@@ -31,8 +31,8 @@ pub struct LedgerState {
     relisting: Option<BTreeSet<String>>,
 }
 
-fn rv(object: &IPAllocation) -> Option<u64> {
-    object.metadata.resource_version.as_ref()?.parse().ok()
+fn rv(object: &IPAllocation) -> Option<&str> {
+    object.metadata.resource_version.as_deref()
 }
 
 impl LedgerState {
@@ -43,7 +43,8 @@ impl LedgerState {
         let name = object.name_any();
         if let Some(held) = allocation_ip(&name).and_then(|ip| self.objects.get(&ip))
             && let (Some(held_rv), Some(new_rv)) = (rv(held), rv(&object))
-            && held_rv >= new_rv
+            && crate::api::compare_resource_versions(held_rv, new_rv)
+                .is_some_and(|order| order.is_ge())
         {
             if let Some(seen) = self.relisting.as_mut() {
                 seen.insert(name);
@@ -305,7 +306,10 @@ mod tests {
         assert_eq!(holder(&state, "192.0.2.10").as_deref(), Some("web"));
         state.apply(object(&entry("192.0.2.10", "api"), 6));
         assert_eq!(holder(&state, "192.0.2.10").as_deref(), Some("api"));
-        assert_eq!(rv(&state.objects[&"192.0.2.10".parse().unwrap()]), Some(6));
+        assert_eq!(
+            rv(&state.objects[&"192.0.2.10".parse().unwrap()]),
+            Some("6")
+        );
     }
 
     #[test]

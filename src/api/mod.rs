@@ -21,6 +21,24 @@ pub const GROUP: &str = "vipam.io";
 pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD vipam defines, in a stable order.
+/// Orders two resourceVersions of the same resource, or None when either is not a positive
+/// decimal integer without leading zeros.
+///
+/// The one place vipam reads a resourceVersion as more than an opaque token. Kubernetes
+/// (KEP-5504, `k8s.io/apimachinery/pkg/util/resourceversion.CompareResourceVersion` since 1.35)
+/// makes versions of one resource comparable this way, of any length; other API servers may
+/// not, so callers treat None as "unknown" and fall back to what is safe without an order.
+/// Used only where the watch contract needs an order: a watch event older than a write this
+/// process already applied.
+pub fn compare_resource_versions(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    let well_formed =
+        |v: &str| !v.is_empty() && !v.starts_with('0') && v.bytes().all(|c| c.is_ascii_digit());
+    if !well_formed(a) || !well_formed(b) {
+        return None;
+    }
+    Some(a.len().cmp(&b.len()).then_with(|| a.cmp(b)))
+}
+
 /// Create/replace parameters naming `manager` (`vipam-webhook`, `vipam-controller`,
 /// `vipam-agent`) as the field manager, so managedFields say which component wrote what.
 pub fn post_params(manager: &str) -> kube::api::PostParams {
@@ -122,6 +140,25 @@ fn unknown_in(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resource_versions_compare_as_unbounded_decimals_or_not_at_all() {
+        use super::compare_resource_versions as cmp;
+        use std::cmp::Ordering::*;
+        assert_eq!(cmp("9", "10"), Some(Less));
+        assert_eq!(cmp("10", "10"), Some(Equal));
+        assert_eq!(cmp("110", "101"), Some(Greater));
+        // Longer than u64: still ordered.
+        assert_eq!(
+            cmp("184467440737095516150", "18446744073709551615"),
+            Some(Greater)
+        );
+        // Not the documented form: no order.
+        for bad in ["", "0", "007", "12a", "-1", " 1"] {
+            assert_eq!(cmp(bad, "5"), None, "{bad:?}");
+            assert_eq!(cmp("5", bad), None, "{bad:?}");
+        }
+    }
+
     use serde_json::json;
 
     #[test]

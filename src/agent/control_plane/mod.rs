@@ -429,13 +429,10 @@ fn holder_of(lease: &Lease) -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// Whether resourceVersion `a` is older than `b` (both numeric, as etcd's are; otherwise
-/// unknown, treated as not older).
+/// Whether resourceVersion `a` is older than `b` (unknown, when the versions are not
+/// comparable: treated as not older).
 fn older(a: &str, b: &str) -> bool {
-    match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(a), Ok(b)) => a < b,
-        _ => false,
-    }
+    crate::api::compare_resource_versions(a, b).is_some_and(|order| order.is_lt())
 }
 
 impl Ctx {
