@@ -879,3 +879,76 @@ fn the_control_plane_health_probe_verifies_the_api_server_certificate() {
         eprintln!("untrusted server refused: {err}");
     });
 }
+
+fn condition<'a>(service: &'a Value, type_: &str) -> Option<&'a Value> {
+    service["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+#[test]
+fn status_writes_keep_the_ingress_and_other_writers_conditions() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let pool = "t-status";
+    let blocks = json!([{"start": "203.0.113.48", "stop": "203.0.113.51"}]);
+    let guard = namespace_with_pool(cp, pool, blocks, &[]);
+    let ns = guard.name.as_str();
+    apply_ok(
+        cp,
+        &service_yaml(ns, "web", &[("vipam.io/pool", pool)], &[(80, "TCP")]),
+    );
+    let get = || get_json(cp, &["get", "service", "-n", ns, "web"]);
+    wait_for("the address in status", Duration::from_secs(30), || {
+        let svc = get();
+        let reason = condition(&svc, "vipam.io/Announced")?["reason"]
+            .as_str()?
+            .to_string();
+        (ingress_ips(&svc) == ["203.0.113.48"] && reason == "NoL2Announcement").then_some(())
+    });
+    // Another controller adds its own condition (strategic merge on the status subresource).
+    let foreign = json!({"status": {"conditions": [{
+        "type": "example.com/Probed", "status": "True", "reason": "Reachable",
+        "message": "probed from outside", "lastTransitionTime": "2026-12-01T00:00:00Z"
+    }]}});
+    cp.kubectl_ok(&[
+        "patch",
+        "service",
+        "-n",
+        ns,
+        "web",
+        "--subresource=status",
+        "--type=strategic",
+        "--field-manager=example-prober",
+        "-p",
+        &foreign.to_string(),
+    ]);
+    // vipam rewrites its Announced condition when an L2Announcement comes to cover the pool.
+    let announcement = json!({"apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement",
+        "metadata": {"name": "t-status"}, "spec": {"ipPools": [pool]}});
+    apply_ok(cp, &announcement.to_string());
+    let svc = wait_for(
+        "vipam's new Announced reason",
+        Duration::from_secs(30),
+        || {
+            let svc = get();
+            let reason = condition(&svc, "vipam.io/Announced")?["reason"]
+                .as_str()?
+                .to_string();
+            (reason != "NoL2Announcement").then_some(svc)
+        },
+    );
+    assert!(
+        condition(&svc, "example.com/Probed").is_some(),
+        "vipam's status write removed another writer's condition: {}",
+        svc["status"]
+    );
+    assert!(condition(&svc, "vipam.io/Allocated").is_some());
+    assert_eq!(ingress_ips(&svc), ["203.0.113.48"], "{}", svc["status"]);
+    drop(guard);
+    cp.kubectl(&["delete", "l2announcement", "t-status"]);
+    cp.kubectl(&["delete", "ippool", pool]);
+    v.assert_no_forbidden();
+}
