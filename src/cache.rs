@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{IPAllocation, IPPool, L2Announcement, allocation_entry};
 use crate::core::allocate::Ledger;
+use crate::core::category::Category;
 use crate::core::names::allocation_ip;
 
 /// The ledger as last seen, plus what this replica wrote since.
@@ -57,7 +58,7 @@ impl LedgerState {
         let entry = match allocation_entry(&object) {
             Ok(entry) => entry,
             Err(err) => {
-                tracing::warn!(error = %err, "ignoring a malformed IPAllocation");
+                tracing::warn!(error = %err, category = err.category(), "ignoring a malformed IPAllocation");
                 return;
             }
         };

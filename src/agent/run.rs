@@ -60,14 +60,14 @@ pub enum AgentError {
     ControlPlane(#[from] ControlPlaneError),
 }
 
-impl AgentError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for AgentError {
+    fn category(&self) -> &'static str {
         match self {
             AgentError::Connect(_) => "connect",
             AgentError::Announcer(_) => "announcer",
             AgentError::Admin { .. } => "admin",
             AgentError::MissingNodeName => "usage",
-            AgentError::ControlPlane(err) => err.metric_label(),
+            AgentError::ControlPlane(err) => err.category(),
         }
     }
 }

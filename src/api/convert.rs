@@ -22,8 +22,8 @@ pub struct ConvertError {
     pub message: String,
 }
 
-impl ConvertError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for ConvertError {
+    fn category(&self) -> &'static str {
         "invalid_object"
     }
 }

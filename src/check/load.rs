@@ -54,8 +54,8 @@ pub enum LoadError {
     Missing(String),
 }
 
-impl LoadError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for LoadError {
+    fn category(&self) -> &'static str {
         match self {
             LoadError::Io { .. } => "io",
             LoadError::Missing(_) => "missing",

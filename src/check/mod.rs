@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{self, IPPool, L2Announcement};
 use crate::core::allocate::{Context, Ledger, decide};
+use crate::core::category::Category;
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::range::{Family, IpRange};
 use crate::core::request::{
@@ -302,7 +303,7 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
                     needle
                 };
                 let mut p = problem(
-                    denial.kind.metric_label(),
+                    denial.kind.category(),
                     format!("Service {}: {}", request.service, denial.message),
                     if needle.is_empty() {
                         service.doc.source.clone()
@@ -481,7 +482,7 @@ fn load_service<'a>(
             };
             let needle = needle.strip_prefix("spec.").unwrap_or(&needle).to_string();
             report.problems.push(problem(
-                err.metric_label(),
+                err.category(),
                 format!("Service {service_ref}: {err}"),
                 doc.source_at(&needle),
             ));

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::clock::SharedClock;
 use super::reconcile::FIELD_MANAGER;
 use crate::api::post_params;
+use crate::core::category::Category;
 
 /// Name of the controller's Lease.
 pub const LEASE_NAME: &str = "vipam-controller";
@@ -47,8 +48,8 @@ pub enum LeaseError {
     },
 }
 
-impl LeaseError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for LeaseError {
+    fn category(&self) -> &'static str {
         match self {
             LeaseError::Api { .. } => "api_error",
         }
@@ -212,7 +213,7 @@ impl Elector {
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    tracing::warn!(error = %err, label = err.metric_label(), "lease round failed; not leading")
+                    tracing::warn!(error = %err, label = err.category(), "lease round failed; not leading")
                 }
             }
             tokio::time::sleep(self.config.renew_period).await;

@@ -25,6 +25,7 @@ use self::lease::{Elector, LeaderGate, LeaseConfig};
 use self::reconcile::{PassReport, Reconciler, ReconcilerConfig};
 use crate::admin::{self, Metrics, PhaseLabel, PoolLabel, Readiness, ResultLabel};
 use crate::cache::Caches;
+use crate::core::category::Category;
 use crate::core::range::Family;
 use crate::core::request::RequestPolicy;
 use crate::webhook::selfsigned::{self, SelfSignedConfig};
@@ -151,8 +152,8 @@ pub enum ControllerError {
     },
 }
 
-impl ControllerError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for ControllerError {
+    fn category(&self) -> &'static str {
         match self {
             ControllerError::Kube(_) => "kube",
             ControllerError::Serve { .. } => "serve",
@@ -471,7 +472,7 @@ async fn self_signed_config(
         match selfsigned::ensure_secret(client, &config, now_secs()).await {
             Ok(bundle) => break bundle,
             Err(err) => {
-                tracing::warn!(error = %err, "self-signed certificate not available yet; retrying");
+                tracing::warn!(error = %err, category = err.category(), "self-signed certificate not available yet; retrying");
                 tokio::time::sleep(args.self_signed_check_interval.min(Duration::from_secs(5)))
                     .await;
             }
@@ -494,7 +495,7 @@ async fn self_signed_config(
     tokio::spawn(async move {
         loop {
             if let Err(err) = selfsigned::inject_ca_bundle(&client, &config, &bundle.ca_pem).await {
-                tracing::warn!(error = %err, "writing the caBundle failed; will retry");
+                tracing::warn!(error = %err, category = err.category(), "writing the caBundle failed; will retry");
             }
             tokio::time::sleep(interval).await;
             match selfsigned::ensure_secret(&client, &config, now_secs()).await {
@@ -514,7 +515,9 @@ async fn self_signed_config(
                     }
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "checking the self-signed Secret failed"),
+                Err(err) => {
+                    tracing::warn!(error = %err, category = err.category(), "checking the self-signed Secret failed")
+                }
             }
         }
     });

@@ -24,6 +24,7 @@ use crate::api::{
 };
 use crate::cache::{Caches, valid};
 use crate::core::allocate::{Context, Decision, Denial, How, Ledger, LedgerEntry};
+use crate::core::category::Category;
 use crate::core::lifecycle::{decide_adopting, needs_decision, stale_holdings};
 use crate::core::names::allocation_name;
 use crate::core::pool::{Pool, PoolSet};
@@ -66,11 +67,11 @@ pub enum ReconcileError {
     NotLeader,
 }
 
-impl ReconcileError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for ReconcileError {
+    fn category(&self) -> &'static str {
         match self {
             ReconcileError::Api { .. } => "api_error",
-            ReconcileError::Ledger(err) => err.metric_label(),
+            ReconcileError::Ledger(err) => err.category(),
             ReconcileError::Contention { .. } => "contention",
             ReconcileError::NotLeader => "not_leader",
         }
@@ -94,8 +95,8 @@ pub struct PassReport {
 
 impl PassReport {
     fn failed(&mut self, err: &ReconcileError) {
-        tracing::warn!(error = %err, label = err.metric_label(), "reconcile write failed; retried next pass");
-        *self.failures.entry(err.metric_label()).or_default() += 1;
+        tracing::warn!(error = %err, label = err.category(), "reconcile write failed; retried next pass");
+        *self.failures.entry(err.category()).or_default() += 1;
     }
 }
 
@@ -665,7 +666,7 @@ impl Reconciler {
             Err(err) => {
                 let held = self.caches.ledger.lock().ledger.bound_to(service);
                 let wanted = vec![if held.is_empty() {
-                    Wanted::new(ALLOCATED, false, err.metric_label(), err.to_string())
+                    Wanted::new(ALLOCATED, false, err.category(), err.to_string())
                 } else {
                     kept_previous(&held, &err.to_string())
                 }];
@@ -692,7 +693,7 @@ impl Reconciler {
                 let mut wanted = vec![Wanted::new(
                     ALLOCATED,
                     false,
-                    denial.kind.metric_label(),
+                    denial.kind.category(),
                     denial.message.clone(),
                 )];
                 if !held.is_empty() {

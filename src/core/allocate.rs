@@ -366,8 +366,8 @@ pub enum DenialKind {
     Exhausted,
 }
 
-impl DenialKind {
-    pub fn metric_label(self) -> &'static str {
+impl crate::core::category::Category for DenialKind {
+    fn category(&self) -> &'static str {
         match self {
             DenialKind::UnknownPool => "unknown_pool",
             DenialKind::NoPool => "no_pool",

@@ -4,6 +4,7 @@
 //! time and identity are passed in, never read.
 
 pub mod allocate;
+pub mod category;
 pub mod lifecycle;
 pub mod names;
 pub mod ownership;

@@ -96,8 +96,8 @@ pub struct PoolError {
     pub problems: Vec<String>,
 }
 
-impl PoolError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for PoolError {
+    fn category(&self) -> &'static str {
         "invalid_pool"
     }
 }

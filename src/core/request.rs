@@ -213,16 +213,17 @@ pub enum RequestError {
     Invalid { field: String, message: String },
 }
 
-impl RequestError {
-    /// Short category for metrics labels and Event reasons.
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for RequestError {
+    fn category(&self) -> &'static str {
         match self {
             RequestError::MalformedIp { .. } => "malformed_annotation",
             RequestError::ConflictingSources { .. } => "conflicting_annotations",
             RequestError::Invalid { .. } => "invalid_request",
         }
     }
+}
 
+impl RequestError {
     fn invalid(field: &str, message: impl Into<String>) -> RequestError {
         RequestError::Invalid {
             field: field.to_string(),
@@ -550,6 +551,7 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::category::Category;
 
     fn svc(annotations: &[(&str, &str)]) -> ServiceView {
         ServiceView {
@@ -627,7 +629,7 @@ mod tests {
             err.to_string(),
             "vipam.io/ips (192.0.2.10) and metallb.io/loadBalancerIPs (192.0.2.11) disagree; keep one of them"
         );
-        assert_eq!(err.metric_label(), "conflicting_annotations");
+        assert_eq!(err.category(), "conflicting_annotations");
         let mut v = svc(&[("lbipam.cilium.io/ips", "192.0.2.10")]);
         v.load_balancer_ip = Some("192.0.2.12".into());
         let err = req(&v).unwrap_err();
@@ -665,7 +667,7 @@ mod tests {
             err.to_string(),
             "annotation vipam.io/ips: \"192.0.2.300\" is not an IP address"
         );
-        assert_eq!(err.metric_label(), "malformed_annotation");
+        assert_eq!(err.category(), "malformed_annotation");
         let mut v = svc(&[]);
         v.load_balancer_ip = Some("not-an-ip".into());
         assert!(

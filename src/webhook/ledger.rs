@@ -70,8 +70,8 @@ pub enum WriteError {
     },
 }
 
-impl WriteError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for WriteError {
+    fn category(&self) -> &'static str {
         match self {
             WriteError::Raced(_) => "raced",
             WriteError::Api { .. } => "api_error",

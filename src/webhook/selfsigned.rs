@@ -114,8 +114,8 @@ pub enum SelfSignedError {
     },
 }
 
-impl SelfSignedError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for SelfSignedError {
+    fn category(&self) -> &'static str {
         match self {
             SelfSignedError::Generate(_) => "generate",
             SelfSignedError::Secret { .. } => "secret",

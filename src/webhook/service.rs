@@ -13,6 +13,7 @@ use super::ledger::{Snapshot, plan_writes};
 use super::{Outcome, WebhookState};
 use crate::api::service_view;
 use crate::core::allocate::{Decision, Denial, DenialKind, current_assignment, decide, same_claim};
+use crate::core::category::Category;
 use crate::core::range::format_ranges;
 use crate::core::request::{
     ANN_ASSIGNED_IPS, ANN_IPS, Request, SPEC_LOAD_BALANCER_IP, format_ip_list, parse_ip_list,
@@ -58,7 +59,7 @@ pub async fn admit(state: &WebhookState, req: &AdmissionRequest<Service>) -> Out
         Ok(None) => return Outcome::allowed(response, "not_ours"),
         Ok(Some(request)) => request,
         Err(err) => {
-            let label = err.metric_label();
+            let label = err.category();
             return Outcome::denied(response, label, err.to_string());
         }
     };
@@ -118,7 +119,7 @@ pub async fn admit(state: &WebhookState, req: &AdmissionRequest<Service>) -> Out
                     continue;
                 }
                 other => {
-                    let label = other.metric_label();
+                    let label = other.category();
                     return Outcome::denied(
                         response,
                         label,
@@ -179,12 +180,8 @@ fn decide_with_checks(
             ));
         }
     }
-    let decision = decide(request, snapshot.pools, snapshot.ledger, ctx).map_err(|denial| {
-        (
-            denial.kind.metric_label(),
-            explain(&denial, request, snapshot),
-        )
-    })?;
+    let decision = decide(request, snapshot.pools, snapshot.ledger, ctx)
+        .map_err(|denial| (denial.kind.category(), explain(&denial, request, snapshot)))?;
     Ok((decision.clone(), warnings(request, &decision, snapshot)))
 }
 

@@ -25,8 +25,8 @@ pub enum TlsError {
     },
 }
 
-impl TlsError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for TlsError {
+    fn category(&self) -> &'static str {
         match self {
             TlsError::Read { .. } => "tls_read",
             TlsError::Invalid { .. } => "tls_invalid",

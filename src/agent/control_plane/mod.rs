@@ -132,8 +132,8 @@ pub enum ControlPlaneError {
     Client(#[source] kube::Error),
 }
 
-impl ControlPlaneError {
-    pub fn metric_label(&self) -> &'static str {
+impl crate::core::category::Category for ControlPlaneError {
+    fn category(&self) -> &'static str {
         match self {
             ControlPlaneError::Missing(_) | ControlPlaneError::NodeName(_) => "usage",
             ControlPlaneError::Kubeconfig { .. } | ControlPlaneError::Infer(_) => "config",
