@@ -489,23 +489,6 @@ async fn bypassed_services_get_distinct_addresses_even_with_two_writers() {
 }
 
 #[tokio::test]
-async fn services_that_are_not_ours_are_never_written() {
-    let mut other_class = service("other-class", &[]);
-    other_class["spec"]["loadBalancerClass"] = json!("metallb.io/metallb");
-    let mut cluster_ip = service("plain", &[]);
-    cluster_ip["spec"]["type"] = json!("ClusterIP");
-    let h = harness(vec![lan(), other_class, cluster_ip]).await;
-    h.pass().await;
-    assert!(
-        h.fake
-            .requests()
-            .iter()
-            .all(|r| !(r.resource == "services" && r.verb.is_write()))
-    );
-    assert!(h.fake.list("ipallocations", None).is_empty());
-}
-
-#[tokio::test]
 async fn a_service_that_cannot_be_served_says_why() {
     let h = harness(vec![
         lan(),

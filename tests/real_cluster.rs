@@ -952,3 +952,59 @@ fn status_writes_keep_the_ingress_and_other_writers_conditions() {
     cp.kubectl(&["delete", "ippool", pool]);
     v.assert_no_forbidden();
 }
+
+#[test]
+fn services_that_are_not_ours_are_never_written() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let pool = "t-not-ours";
+    let blocks = json!([{"start": "203.0.113.56", "stop": "203.0.113.59"}]);
+    let guard = namespace_with_pool(cp, pool, blocks, &[]);
+    let ns = guard.name.as_str();
+    let mut other_class = service_json(ns, "other-class", &[], &[(80, "TCP")]);
+    other_class["spec"]["loadBalancerClass"] = json!("metallb.io/metallb");
+    let mut plain = service_json(ns, "plain", &[], &[(80, "TCP")]);
+    plain["spec"]["type"] = json!("ClusterIP");
+    apply_ok(cp, &other_class.to_string());
+    apply_ok(cp, &plain.to_string());
+    // A Service of ours next to them, so a pass of the leader surely ran meanwhile.
+    apply_ok(
+        cp,
+        &service_yaml(ns, "ours", &[("vipam.io/pool", pool)], &[(80, "TCP")]),
+    );
+    wait_for(
+        "the status of the Service that is ours",
+        Duration::from_secs(30),
+        || {
+            let svc = get_json(cp, &["get", "service", "-n", ns, "ours"]);
+            (!ingress_ips(&svc).is_empty()).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    for name in ["other-class", "plain"] {
+        let svc = get_json(
+            cp,
+            &["get", "--show-managed-fields", "service", "-n", ns, name],
+        );
+        let written_by: BTreeSet<String> = managers(&svc)
+            .into_iter()
+            .filter(|m| m.starts_with("vipam"))
+            .collect();
+        assert!(written_by.is_empty(), "{name} written by {written_by:?}");
+        assert!(ingress_ips(&svc).is_empty(), "{name}: {}", svc["status"]);
+        assert!(
+            svc["metadata"]["annotations"]["vipam.io/assigned-ips"].is_null(),
+            "{name} got an address"
+        );
+    }
+    let held: Vec<String> = ledger(cp)
+        .into_iter()
+        .filter(|(_, (p, _, _))| p == pool)
+        .flat_map(|(_, (_, _, holders))| holders)
+        .collect();
+    assert_eq!(held, [format!("{ns}/ours")]);
+    drop(guard);
+    cp.kubectl(&["delete", "ippool", pool]);
+    v.assert_no_forbidden();
+}
