@@ -61,17 +61,18 @@ fn vipam() -> &'static Installation<'static> {
 }
 
 /// A namespace for one test and a pool of the same name serving it (and the namespaces in
-/// `also`); the namespace goes when the guard drops, the pool at the end of the test.
+/// `also`); both go when the guard drops.
 fn namespace_with_pool(
     cp: &'static ControlPlane,
     name: &str,
     blocks: Value,
     also: &[&str],
 ) -> TestNamespace {
-    let guard = cp.namespace(name);
+    let mut guard = cp.namespace(name);
     let mut namespaces = vec![name];
     namespaces.extend_from_slice(also);
     apply_ok(cp, &pool_json(name, blocks, &namespaces));
+    guard.delete_on_drop("ippool", name);
     guard
 }
 
@@ -412,8 +413,6 @@ fn conflicts_are_apply_errors_and_dry_runs_reserve_nothing() {
     let err = apply_error(cp, &service_yaml(ns, "auto", &in_pool, &[(80, "TCP")]));
     assert!(err.contains(pool) && err.contains("vipam"), "{err}");
     v.assert_no_forbidden();
-    drop(ns_guard);
-    cp.kubectl(&["delete", "ippool", pool]);
 }
 
 #[test]
@@ -582,8 +581,6 @@ fn five_hundred_concurrent_creates_never_share_an_address() {
         );
     }
     v.assert_no_forbidden();
-    drop(ns_guard);
-    cp.kubectl(&["delete", "ippool", pool]);
 }
 
 #[test]
@@ -839,7 +836,12 @@ fn a_pool_and_its_service_in_one_apply() {
     }
     drop(guard);
     for round in 0..5 {
-        cp.kubectl(&["delete", "ippool", &format!("t-together-{round}")]);
+        cp.kubectl(&[
+            "delete",
+            "ippool",
+            &format!("t-together-{round}"),
+            "--wait=false",
+        ]);
     }
     v.assert_no_forbidden();
 }
@@ -947,9 +949,7 @@ fn status_writes_keep_the_ingress_and_other_writers_conditions() {
     );
     assert!(condition(&svc, "vipam.io/Allocated").is_some());
     assert_eq!(ingress_ips(&svc), ["203.0.113.48"], "{}", svc["status"]);
-    drop(guard);
     cp.kubectl(&["delete", "l2announcement", "t-status"]);
-    cp.kubectl(&["delete", "ippool", pool]);
     v.assert_no_forbidden();
 }
 
@@ -1004,7 +1004,5 @@ fn services_that_are_not_ours_are_never_written() {
         .flat_map(|(_, (_, _, holders))| holders)
         .collect();
     assert_eq!(held, [format!("{ns}/ours")]);
-    drop(guard);
-    cp.kubectl(&["delete", "ippool", pool]);
     v.assert_no_forbidden();
 }

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use kube::Client;
-use kube::api::{Api, Patch};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch};
 
 use crate::api::{
     self, IPAllocation, IPPool, L2Announcement, allocation_object, patch_params, post_params,
@@ -268,6 +269,58 @@ impl LedgerView {
             }
             Err(source) => Err(WriteError::Api { name, source }),
         }
+    }
+
+    /// Makes the pools the next decision sees as fresh as the API server's, and says whether
+    /// deciding again is worth it. Lists the IPPools (a quorum read); if the cache lacks one or
+    /// holds another version, waits up to two seconds for the watch to bring it; then drops the
+    /// pool set derived from the cache, which can trail the cache itself by the moment between
+    /// the reflector's write and the generation bump (seen under load on a real API server). A
+    /// pool applied just before a Service (one `kubectl apply` of both) is then decided
+    /// against, instead of a denial that the next try would not give.
+    pub async fn pools_caught_up(&self) -> bool {
+        let pools: Api<IPPool> = Api::all(self.api.clone().into_client());
+        let listed = match pools.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(err) => {
+                tracing::debug!(error = %err, "listing IPPools to check the cache failed");
+                return false;
+            }
+        };
+        let versions = |pools: &[IPPool]| -> BTreeMap<String, Option<String>> {
+            pools
+                .iter()
+                .map(|p| (p.name_any(), p.metadata.resource_version.clone()))
+                .collect()
+        };
+        let wanted = versions(&listed);
+        let covered = |cached: &BTreeMap<String, Option<String>>| {
+            wanted.iter().all(|(name, rv)| cached.get(name) == Some(rv))
+        };
+        if covered(&versions(&valid(&self.caches.pools))) {
+            tracing::debug!(
+                pools = wanted.len(),
+                "the pool cache is as fresh as the API server"
+            );
+            self.forget_derived();
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if covered(&versions(&valid(&self.caches.pools))) {
+                tracing::debug!("the pool cache caught up with the API server");
+                self.forget_derived();
+                return true;
+            }
+        }
+        tracing::debug!("the pool cache did not catch up with the API server within 2 s");
+        false
+    }
+
+    /// The next [`LedgerView::plan`] rebuilds the pools and L2Announcements from the cache.
+    fn forget_derived(&self) {
+        *self.derived.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Reads one object fresh into the ledger (after losing a race on it).

@@ -94,6 +94,7 @@ pub async fn admit(state: &WebhookState, req: &AdmissionRequest<Service>) -> Out
             .is_some_and(|old| same_claim(&old, &request));
     let ctx = state.context();
     let mut last_race = String::new();
+    let mut pools_checked = false;
     for _ in 0..MAX_ATTEMPTS {
         let (decided, writes) = state.ledger.plan(req.dry_run, |snapshot| {
             let decided = match current_assignment(&request, snapshot.ledger) {
@@ -108,7 +109,21 @@ pub async fn admit(state: &WebhookState, req: &AdmissionRequest<Service>) -> Out
         });
         let (decision, warnings) = match decided {
             Ok(ok) => ok,
-            Err((kind, message)) => return Outcome::denied(response, kind, message),
+            Err((kind, message)) => {
+                // A refusal that depends on the pools is given only against pools as fresh
+                // as the API server's (the cache can trail a pool applied a moment before).
+                let about_pools = matches!(
+                    kind,
+                    "unknown_pool" | "no_pool" | "pin_outside_pools" | "pool_exhausted"
+                );
+                if about_pools && !pools_checked {
+                    pools_checked = true;
+                    if state.ledger.pools_caught_up().await {
+                        continue;
+                    }
+                }
+                return Outcome::denied(response, kind, message);
+            }
         };
         if !req.dry_run
             && let Err(err) = state.ledger.execute(&writes).await

@@ -377,6 +377,7 @@ impl ControlPlane {
         TestNamespace {
             cp: self,
             name: name.to_string(),
+            cluster_scoped: Vec::new(),
         }
     }
 }
@@ -390,10 +391,21 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A Kubernetes namespace of one test, deleted (without waiting) on drop.
+/// A Kubernetes namespace of one test, deleted (without waiting) on drop, with the
+/// cluster-scoped objects the test made for it.
 pub struct TestNamespace {
     cp: &'static ControlPlane,
     pub name: String,
+    /// Cluster-scoped objects deleted with the namespace: (resource, name).
+    cluster_scoped: Vec<(String, String)>,
+}
+
+impl TestNamespace {
+    /// Deletes `resource`/`name` (cluster-scoped) when the namespace goes.
+    pub fn delete_on_drop(&mut self, resource: &str, name: &str) {
+        self.cluster_scoped
+            .push((resource.to_string(), name.to_string()));
+    }
 }
 
 impl Drop for TestNamespace {
@@ -401,6 +413,9 @@ impl Drop for TestNamespace {
         let _ = self
             .cp
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        for (resource, name) in &self.cluster_scoped {
+            let _ = self.cp.kubectl(&["delete", resource, name, "--wait=false"]);
+        }
     }
 }
 
