@@ -92,8 +92,9 @@ pub fn binaries() -> PathBuf {
     .clone()
 }
 
-/// Deletes namespaces and scratch directories of earlier test processes that no longer exist
-/// (their watchdog stopped the processes; a namespace of a killed binary can be left).
+/// Stops the control planes and deletes the namespaces and scratch directories of earlier test
+/// processes that no longer exist (normally their watchdog has done it; a binary that exited a
+/// moment ago, or was killed with its watchdog, can leave them).
 fn sweep_stale() {
     if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
         for entry in dir.flatten() {
@@ -106,6 +107,11 @@ fn sweep_stale() {
                 continue;
             };
             if !Path::new(&format!("/proc/{pid}")).exists() {
+                // Its watchdog may not have run yet (a binary that just exited): stop the
+                // processes through their pid files before the directory that holds them goes.
+                let _ = Command::new(repo().join("tests/controlplane/stop.sh"))
+                    .arg(entry.path().join("controlplane"))
+                    .status();
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
