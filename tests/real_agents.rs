@@ -141,7 +141,7 @@ fn agents_on_the_real_api_server_answer_fail_over_and_outlive_an_outage() {
         .stderr(log);
         agents
             .children
-            .push((node.to_string(), ControlPlane::spawn_owned(cmd)));
+            .push((node.to_string(), kubecp::spawn_owned(cmd)));
         agents.logs.push(log_path);
     }
 

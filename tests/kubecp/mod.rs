@@ -291,19 +291,23 @@ impl ControlPlane {
     pub fn service_account_kubeconfig(&self, ns: &str, sa: &str) -> PathBuf {
         let token = self.kubectl_ok(&["create", "token", sa, "-n", ns, "--duration", "24h"]);
         let text = std::fs::read_to_string(&self.kubeconfig_in_ns).unwrap();
-        let mut out = String::new();
-        let mut in_user = false;
-        for line in text.lines() {
-            // Replace the admin token with the ServiceAccount's.
-            if line.trim_start().starts_with("token:") {
-                out.push_str(&format!("      token: {}\n", token.trim()));
-            } else {
-                out.push_str(line);
-                out.push('\n');
-            }
-            in_user |= line.contains("user:");
-        }
-        assert!(in_user, "kubecp: unexpected kubeconfig layout");
+        // The same kubeconfig with the ServiceAccount's token in place of the admin's.
+        let out: String = text
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("token:") {
+                    format!("      token: {}\n", token.trim())
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        assert_ne!(
+            out,
+            text,
+            "kubecp: no token in {}",
+            self.kubeconfig_in_ns.display()
+        );
         let path = self.scratch.join(format!("{ns}-{sa}.kubeconfig"));
         std::fs::write(&path, out).unwrap();
         path
@@ -314,12 +318,6 @@ impl ControlPlane {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.netns]).arg(program);
         cmd
-    }
-
-    /// Spawns `cmd`, killed when this test binary exits (PR_SET_PDEATHSIG from a thread that
-    /// lives as long as the process).
-    pub fn spawn_owned(cmd: Command) -> Child {
-        spawn_owned(cmd)
     }
 
     /// Starts a thread inside the control plane's namespace running `f` (sockets it, or a

@@ -103,7 +103,7 @@ impl<'a> Installation<'a> {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        ControlPlane::spawn_owned(cmd)
+        super::spawn_owned(cmd)
     }
 
     fn wait_ready(&self, i: usize) {
