@@ -44,12 +44,11 @@ fn main() {
     let (ready_tx, ready) = mpsc::channel();
     let _capture = lab.thread_in("client", move || {
         rt().block_on(async move {
-            let ifindex = vipam::agent::iface::list()
-                .unwrap()
-                .into_iter()
-                .find(|i| i.name == "eth0")
-                .unwrap()
-                .index;
+            let ifindex = {
+                let name = c"eth0";
+                // SAFETY: a valid NUL-terminated string; the call only reads it.
+                unsafe { libc::if_nametoindex(name.as_ptr()) }
+            };
             let sock = RawSocket::open(ifindex).unwrap();
             ready_tx.send(()).unwrap();
             let mut buf = vec![0u8; 2048];

@@ -143,12 +143,7 @@ impl Capture {
         let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = lab.thread_in(host, move || {
             rt().block_on(async move {
-                let ifindex = vipam::agent::iface::list()
-                    .unwrap()
-                    .into_iter()
-                    .find(|i| i.name == "eth0")
-                    .expect("eth0")
-                    .index;
+                let ifindex = ifindex("eth0");
                 let sock = RawSocket::open(ifindex).expect("capture socket");
                 // See solicitations for the addresses the tests use.
                 sock.join_multicast(MacAddr([0x33, 0x33, 0, 0, 0, 1]))
@@ -307,12 +302,7 @@ fn add_marked_as(lab: &Netlab, host: &str, addr: &str, dev: &str, marker: Marker
         .join(format!("previous-run-{host}-{:x}", marker.proto));
     let (addr, dev) = (ip(addr), dev.to_owned());
     lab.run_in(host, move || {
-        let index = vipam::agent::iface::list()
-            .unwrap()
-            .into_iter()
-            .find(|i| i.name == dev)
-            .unwrap()
-            .index;
+        let index = ifindex(&dev);
         let mut m = AddressManager::open(&dir, marker).unwrap();
         m.add(addr, index, &dev).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
@@ -373,16 +363,25 @@ fn addrs(lab: &Netlab, host: &str, dev: &str) -> String {
     lab.exec_ok(host, "ip", &["-d", "addr", "show", "dev", dev])
 }
 
+/// The index of interface `name` in the calling thread's network namespace.
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("an interface name");
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(
+        index,
+        0,
+        "no interface {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    index
+}
+
 /// Sends frames from host `host`'s eth0 (impersonating another node).
 fn send_from(lab: &Netlab, host: &str, frames: Vec<Vec<u8>>) {
     lab.run_in(host, move || {
         rt().block_on(async move {
-            let ifindex = vipam::agent::iface::list()
-                .unwrap()
-                .into_iter()
-                .find(|i| i.name == "eth0")
-                .expect("eth0")
-                .index;
+            let ifindex = ifindex("eth0");
             let sock = RawSocket::open(ifindex).expect("socket");
             for f in frames {
                 sock.send(&f).expect("send");
@@ -844,4 +843,93 @@ fn wait_claimed_by_others_reports_the_new_owners_announcements() {
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
     // Still announcing: claims alone do not drop anything unless yielding.
     assert_eq!(agent.announced().len(), 3);
+}
+
+/// A system call that blocks in the announcer's engine (here: writing the address record
+/// into a FIFO nobody reads, as a netlink request waits for a contended RTNL lock) delays
+/// neither the ARP answers for addresses already announced nor the caller's runtime. Once the
+/// call returns, the change it was part of completes.
+#[test]
+fn a_blocked_engine_neither_stalls_answers_nor_the_callers_runtime() {
+    let lab = Netlab::new(&[("node1", 11), ("client", 100)]);
+    let node_mac = lab.host("node1").mac_string();
+    let agent = Agent::start(&lab, "node1", Duration::from_secs(10));
+    agent.set(&[("192.0.2.60", "eth0", ARP)]);
+    assert_eq!(
+        arping(&lab, "client", "192.0.2.60").as_deref(),
+        Some(node_mac.as_str())
+    );
+
+    // The next record write opens this FIFO for writing and blocks until a reader comes.
+    let fifo = agent.state_dir.join("addresses.json.tmp");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(path.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    // Should an assertion fail, a reader still comes, so the engine (and the test) can end.
+    let _unblock = Unblock(fifo.clone());
+
+    let announcer = agent.announcer.clone().unwrap();
+    let (done_tx, done) = mpsc::channel();
+    let setter = std::thread::spawn(move || {
+        let desired = BTreeMap::from([
+            (
+                ip("192.0.2.60"),
+                Target {
+                    interface: "eth0".into(),
+                    mode: ARP,
+                },
+            ),
+            (
+                ip("192.0.2.61"),
+                Target {
+                    interface: "eth0".into(),
+                    mode: AnnounceMode::Address,
+                },
+            ),
+        ]);
+        let result = rt().block_on(announcer.set(desired));
+        done_tx.send(result.map_err(|e| e.to_string())).unwrap();
+    });
+    // The engine is stuck in open(2) of the FIFO.
+    assert!(
+        done.recv_timeout(Duration::from_millis(500)).is_err(),
+        "set() returned although the record write should block"
+    );
+    for attempt in 0..3 {
+        assert_eq!(
+            arping(&lab, "client", "192.0.2.60").as_deref(),
+            Some(node_mac.as_str()),
+            "no ARP answer while the engine is blocked (attempt {attempt})"
+        );
+    }
+    // The caller's runtime still runs: a query of the handle answers at once.
+    assert_eq!(agent.announced(), vec![ip("192.0.2.60")]);
+    assert!(done.try_recv().is_err(), "the engine was not blocked");
+
+    // Unblock: read the FIFO; the write completes and the address is added.
+    let written = std::fs::read(&fifo).expect("reading the FIFO");
+    let record: serde_json::Value = serde_json::from_slice(&written).expect("the record");
+    assert!(record.to_string().contains("192.0.2.61"), "{record}");
+    let result = done
+        .recv_timeout(Duration::from_secs(5))
+        .expect("set() did not finish once unblocked");
+    assert_eq!(result, Ok(()));
+    setter.join().unwrap();
+    eventually(Duration::from_secs(5), "192.0.2.61 on eth0", || {
+        addrs(&lab, "node1", "eth0").contains("192.0.2.61/32")
+    });
+}
+
+/// Opens a FIFO for reading when dropped, which lets a writer blocked in open(2) go on.
+struct Unblock(PathBuf);
+
+impl Drop for Unblock {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.0);
+    }
 }

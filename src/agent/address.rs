@@ -25,7 +25,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::unix::AsyncFd;
 
 use super::announcer::NetError;
 
@@ -99,9 +98,6 @@ const IFA_FLAGS: u16 = 8;
 const IFA_PROTO: u16 = 11;
 /// No duplicate address detection (IPv6): usable at once, and a takeover is not refused.
 pub const IFA_F_NODAD: u32 = 0x02;
-const RTMGRP_LINK: u32 = 0x1;
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 /// Longest interface name (IFNAMSIZ minus the terminating NUL).
 pub const IFNAME_MAX: usize = 15;
 
@@ -212,9 +208,21 @@ impl Netlink {
         Ok(Netlink { fd, seq: 1 })
     }
 
-    fn recv_into(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn recv_into(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv_with(buf, 0)
+    }
+
+    /// recv(2) with `flags` (e.g. `MSG_DONTWAIT` to drain a blocking socket).
+    pub(crate) fn recv_with(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags,
+            )
+        };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -703,53 +711,6 @@ impl AddressManager {
             self.dirty = true;
         }
         self.flush()
-    }
-}
-
-/// A subscription to address and link changes (RTMGRP_LINK, RTMGRP_IPV4_IFADDR,
-/// RTMGRP_IPV6_IFADDR), so enforcement reacts at once instead of at the next resync.
-#[derive(Debug)]
-pub struct AddressEvents {
-    fd: AsyncFd<Netlink>,
-}
-
-impl AsRawFd for Netlink {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl AddressEvents {
-    /// Subscribes (in the calling thread's namespace). Needs a tokio runtime.
-    pub fn open() -> io::Result<AddressEvents> {
-        let nl = Netlink::open(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR, true)?;
-        // SAFETY: the AsyncFd owns the socket, which stays open and unchanged until dropped.
-        let fd = unsafe { AsyncFd::register(nl) }.map_err(io::Error::from)?;
-        Ok(AddressEvents { fd })
-    }
-
-    /// Waits until at least one change arrived, then drains what is queued. An overrun
-    /// (ENOBUFS: changes were lost) also counts as a change.
-    pub async fn changed(&self) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let mut got = false;
-            loop {
-                match self.fd.get_ref().recv_into(&mut buf) {
-                    Ok(_) => got = true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        guard.clear_ready();
-                        break;
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => got = true,
-                    Err(e) => return Err(e),
-                }
-            }
-            if got {
-                return Ok(());
-            }
-        }
     }
 }
 

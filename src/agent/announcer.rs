@@ -20,13 +20,20 @@
 //! removed, interfaces that appeared are put to use. Addresses that are not ours are never
 //! touched (DESIGN invariant 4).
 //!
+//! Threads: netlink requests can wait for the kernel's RTNL lock, so they never run on the
+//! caller's async runtime. The engine (desired state, enforcement, netlink address changes,
+//! announcements) runs on a thread of its own (`vipam-announcer`); links come from the
+//! [`LinkWatch`] thread; the readers that answer ARP and neighbour solicitations run on the
+//! caller's runtime and consult only a small table (locked for memory operations alone), so a
+//! slow netlink call delays neither an answer nor the caller's watches and lease renewals.
+//!
 //! Nothing here talks to the API server: once told, the announcer keeps announcing until
 //! told otherwise (DESIGN invariant 5). Dropping the [`Announcer`] without
 //! [`Announcer::shutdown`] stops answering but leaves addresses in place, exactly as a crash
 //! would; the next run's first [`Announcer::set`] removes what is no longer wanted.
 //!
-//! All sockets are created in the network namespace of the thread running the tokio runtime
-//! that calls [`Announcer::start`].
+//! All sockets are created in the network namespace of the thread that calls
+//! [`Announcer::start`] (the announcer's threads inherit it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
@@ -37,13 +44,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::address::{
-    Added, AddressEvents, AddressManager, KernelAddr, Marker, RecordEntry, is_ours,
-};
-use super::iface::{self, Interface};
+use super::address::{Added, AddressManager, KernelAddr, Marker, RecordEntry, is_ours};
+use super::iface::Interface;
+use super::links::{LinkWatch, NetState};
 use super::packet::{self, MacAddr, NdpKind, Payload};
 use super::rawsock::{MldGroups, PACKET_OUTGOING, RawSocket};
 use crate::core::ownership::AnnounceMode;
@@ -153,6 +160,7 @@ pub struct Announced {
 pub struct Announcer {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
+    links: LinkWatch,
 }
 
 enum Command {
@@ -166,18 +174,48 @@ enum Command {
     },
 }
 
+/// What the readers and the handle share with the engine. The lock is held for memory
+/// operations only, never across a system call that can block.
 #[derive(Debug)]
 struct Shared {
-    state: Mutex<State>,
+    table: Mutex<Table>,
     yield_to_others: AtomicBool,
     claimed: Notify,
+    /// Addresses another MAC announced while yielding: the engine drops them.
+    yields: mpsc::UnboundedSender<(IpAddr, MacAddr)>,
     counters: NetCounters,
     config: AnnouncerConfig,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The engine's active addresses as the readers need them, and the claims they saw.
+#[derive(Debug, Default)]
+struct Table {
+    active: HashMap<IpAddr, Entry>,
+    /// Last claim by another MAC seen for each address.
+    claims: HashMap<IpAddr, (Instant, MacAddr)>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    ifindex: u32,
+    mac: MacAddr,
+    mode: AnnounceMode,
+    interface: String,
+    since: SystemTime,
+}
+
+impl Table {
+    /// Whether ARP/NS for `ip` on `ifindex` is ours to answer (ARP mode, active there).
+    fn answers(&self, ip: IpAddr, ifindex: u32) -> bool {
+        self.active
+            .get(&ip)
+            .is_some_and(|e| e.mode == AnnounceMode::Arp && e.ifindex == ifindex)
     }
 }
 
@@ -216,6 +254,7 @@ struct Active {
     owns_address: bool,
 }
 
+/// The engine's state, owned by the engine task.
 #[derive(Debug)]
 struct State {
     addrs: AddressManager,
@@ -226,54 +265,103 @@ struct State {
     held: BTreeMap<IpAddr, Held>,
     /// Dropped while yielding; not taken again until yielding stops.
     yielded: BTreeSet<IpAddr>,
-    /// Last claim by another MAC seen for each address.
-    claims: HashMap<IpAddr, (Instant, MacAddr)>,
     /// Interfaces reported missing, so the warning is logged once per disappearance.
     missing: BTreeSet<String>,
     cleaned_up: bool,
+    /// The node's links, from the link watcher.
+    net: watch::Receiver<Arc<NetState>>,
+    /// The caller's runtime: the readers run there, apart from the engine's netlink calls.
+    readers: Handle,
 }
 
 impl Announcer {
-    /// Opens the netlink sockets and loads the record; answers nothing and changes nothing
-    /// until the first [`Announcer::set`]. Must run inside a tokio runtime, on a thread in the
-    /// node's network namespace.
+    /// Starts the link watcher and the engine thread, opens the netlink socket and loads the
+    /// record; answers nothing and changes nothing until the first [`Announcer::set`]. Must
+    /// run inside a tokio runtime (the readers run on it), on a thread in the node's network
+    /// namespace. Nothing here blocks the caller's runtime.
     pub async fn start(
         config: AnnouncerConfig,
         counters: NetCounters,
     ) -> Result<Announcer, NetError> {
-        let addrs = AddressManager::open(&config.state_dir, config.marker)?;
-        let events = AddressEvents::open().map_err(|e| NetError::Netlink {
-            op: "subscribe",
-            source: e,
-        })?;
-        let mld = match MldGroups::open() {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(error = %e, "no IPv6 socket for MLD reports; IPv6 ARP-mode answers rely on switches flooding multicast");
-                None
-            }
-        };
+        let links = LinkWatch::start().await?;
+        let (yields, yields_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                addrs,
-                mld,
-                mld_refs: HashMap::new(),
-                links: HashMap::new(),
-                desired: BTreeMap::new(),
-                held: BTreeMap::new(),
-                yielded: BTreeSet::new(),
-                claims: HashMap::new(),
-                missing: BTreeSet::new(),
-                cleaned_up: false,
-            }),
+            table: Mutex::new(Table::default()),
             yield_to_others: AtomicBool::new(false),
             claimed: Notify::new(),
+            yields,
             counters,
             config,
         });
         let (commands, rx) = mpsc::unbounded_channel();
-        tokio::spawn(engine(shared.clone(), rx, events));
-        Ok(Announcer { shared, commands })
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let engine_shared = shared.clone();
+        let net = links.subscribe();
+        let readers = Handle::current();
+        std::thread::Builder::new()
+            .name("vipam-announcer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(NetError::Netlink {
+                            op: "start the announcer's runtime",
+                            source: e,
+                        }));
+                        return;
+                    }
+                };
+                let config = &engine_shared.config;
+                let addrs = match AddressManager::open(&config.state_dir, config.marker) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mld = match MldGroups::open() {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no IPv6 socket for MLD reports; IPv6 ARP-mode answers rely on switches flooding multicast");
+                        None
+                    }
+                };
+                let state = State {
+                    addrs,
+                    mld,
+                    mld_refs: HashMap::new(),
+                    links: HashMap::new(),
+                    desired: BTreeMap::new(),
+                    held: BTreeMap::new(),
+                    yielded: BTreeSet::new(),
+                    missing: BTreeSet::new(),
+                    cleaned_up: false,
+                    net,
+                    readers,
+                };
+                if ready_tx.send(Ok(())).is_err() {
+                    return;
+                }
+                runtime.block_on(engine(engine_shared, state, rx, yields_rx));
+            })
+            .map_err(|e| NetError::Netlink {
+                op: "start the announcer thread",
+                source: e,
+            })?;
+        ready_rx.await.map_err(|_| NetError::Stopped)??;
+        Ok(Announcer {
+            shared,
+            commands,
+            links,
+        })
+    }
+
+    /// The node's links as the announcer sees them (see [`LinkWatch`]).
+    pub fn links(&self) -> &LinkWatch {
+        &self.links
     }
 
     /// Sets the desired state for this node: every address it announces and how. Applies the
@@ -313,23 +401,16 @@ impl Announcer {
     pub async fn wait_claimed_by_others(&self, timeout: Duration) -> Vec<IpAddr> {
         let start = Instant::now();
         let deadline = tokio::time::Instant::from_std(start + timeout);
-        let targets: Vec<IpAddr> = self
-            .shared
-            .lock()
-            .held
-            .iter()
-            .filter(|(_, h)| h.active.is_some())
-            .map(|(ip, _)| *ip)
-            .collect();
+        let targets: Vec<IpAddr> = self.shared.table().active.keys().copied().collect();
         loop {
             let notified = self.shared.claimed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let claimed: Vec<IpAddr> = {
-                let st = self.shared.lock();
+                let table = self.shared.table();
                 targets
                     .iter()
-                    .filter(|ip| st.claims.get(ip).is_some_and(|(at, _)| *at >= start))
+                    .filter(|ip| table.claims.get(ip).is_some_and(|(at, _)| *at >= start))
                     .copied()
                     .collect()
             };
@@ -354,37 +435,36 @@ impl Announcer {
 
     /// What is announced now. Addresses waiting for their interface are not listed.
     pub fn announced(&self) -> Vec<Announced> {
-        let st = self.shared.lock();
-        st.held
+        let table = self.shared.table();
+        let mut out: Vec<Announced> = table
+            .active
             .iter()
-            .filter_map(|(ip, h)| {
-                h.active.as_ref().map(|a| Announced {
-                    ip: *ip,
-                    interface: h.target.interface.clone(),
-                    mode: h.target.mode,
-                    since: a.since,
-                })
+            .map(|(ip, e)| Announced {
+                ip: *ip,
+                interface: e.interface.clone(),
+                mode: e.mode,
+                since: e.since,
             })
-            .collect()
+            .collect();
+        out.sort_by_key(|a| a.ip);
+        out
     }
 }
 
 async fn engine(
     shared: Arc<Shared>,
+    mut st: State,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    events: AddressEvents,
+    mut yields: mpsc::UnboundedReceiver<(IpAddr, MacAddr)>,
 ) {
     let resync = shared.config.resync;
     let mut next_resync = tokio::time::Instant::now() + resync;
     let mut pending_event: Option<tokio::time::Instant> = None;
+    let mut net = st.net.clone();
     let mut events_ok = true;
     loop {
-        let next_announce = shared
-            .lock()
-            .next_announce()
-            .map(tokio::time::Instant::from_std);
         let mut deadline = next_resync;
-        if let Some(t) = next_announce {
+        if let Some(t) = st.next_announce().map(tokio::time::Instant::from_std) {
             deadline = deadline.min(t);
         }
         if let Some(t) = pending_event {
@@ -394,27 +474,33 @@ async fn engine(
             command = commands.recv() => match command {
                 None => break, // handle dropped: stop like a crash, leave addresses
                 Some(Command::Set { desired, done }) => {
-                    let result = shared.lock().apply(&shared, desired);
+                    let result = st.apply(&shared, desired);
+                    st.publish(&shared);
                     let _ = done.send(result);
                 }
                 Some(Command::StopYielding) => {
-                    let mut st = shared.lock();
                     st.yielded.clear();
                     let desired = st.desired.clone();
                     if let Err(e) = st.apply(&shared, desired) {
                         shared.counters.errors.inc();
                         tracing::warn!(error = %e, "re-taking addresses after yielding");
                     }
+                    st.publish(&shared);
                 }
                 Some(Command::Shutdown { done }) => {
-                    let result = shared.lock().shutdown(&shared);
+                    let result = st.shutdown(&shared);
+                    st.publish(&shared);
                     let _ = done.send(result);
                     break;
                 }
             },
-            changed = events.changed(), if events_ok => {
-                if let Err(e) = changed {
-                    tracing::warn!(error = %e, "address notifications failed; relying on the resync period");
+            Some((ip, by)) = yields.recv() => {
+                st.yield_address(&shared, ip, by);
+                st.publish(&shared);
+            }
+            changed = net.changed(), if events_ok => {
+                if changed.is_err() {
+                    tracing::warn!("the link watcher stopped; relying on the resync period");
                     events_ok = false;
                 }
                 pending_event.get_or_insert_with(|| tokio::time::Instant::now() + EVENT_DEBOUNCE);
@@ -424,17 +510,48 @@ async fn engine(
                 if now >= next_resync || pending_event.is_some_and(|t| now >= t) {
                     pending_event = None;
                     next_resync = now + resync;
-                    shared.lock().enforce(&shared);
+                    st.enforce(&shared);
+                    st.publish(&shared);
                 }
-                shared.lock().announce_due(&shared, Instant::now());
+                st.announce_due(&shared, Instant::now());
             }
         }
     }
-    // Break the cycle tasks -> Shared -> links -> tasks; aborts the readers.
-    shared.lock().links.clear();
+    // Stop the readers (they run on the caller's runtime).
+    st.links.clear();
+    shared.table().active.clear();
 }
 
 impl State {
+    /// Makes the readers' table match the active addresses.
+    fn publish(&self, shared: &Shared) {
+        let active: HashMap<IpAddr, Entry> = self
+            .held
+            .iter()
+            .filter_map(|(ip, h)| {
+                h.active.as_ref().map(|a| {
+                    (
+                        *ip,
+                        Entry {
+                            ifindex: a.ifindex,
+                            mac: a.mac,
+                            mode: h.target.mode,
+                            interface: h.target.interface.clone(),
+                            since: a.since,
+                        },
+                    )
+                })
+            })
+            .collect();
+        let mut table = shared.table();
+        // Claims of addresses no longer held are kept for a while: a handover in progress may
+        // still ask for them.
+        table
+            .claims
+            .retain(|ip, (at, _)| active.contains_key(ip) || at.elapsed() < LINK_LINGER);
+        table.active = active;
+    }
+
     fn next_announce(&self) -> Option<Instant> {
         self.held
             .values()
@@ -513,7 +630,8 @@ impl State {
 
     /// Activates every held address that is not yet active and whose interface exists.
     fn activate_pending(&mut self, shared: &Arc<Shared>) -> Result<(), NetError> {
-        let interfaces = iface::list()?;
+        let net = self.net.borrow().clone();
+        let interfaces = &net.interfaces;
         let by_name: HashMap<&str, &Interface> =
             interfaces.iter().map(|i| (i.name.as_str(), i)).collect();
         // Interfaces that were re-created under the same name get a new socket.
@@ -604,13 +722,17 @@ impl State {
         if let Some(link) = self.links.get(&interface.name) {
             return Ok(link.socket.clone());
         }
-        let socket = Arc::new(
-            RawSocket::open(interface.index).map_err(|e| NetError::Socket {
-                interface: interface.name.clone(),
-                source: e,
-            })?,
-        );
-        let reader = tokio::spawn(reader(
+        let socket = {
+            // Registered with the runtime that reads it.
+            let _runtime = self.readers.enter();
+            Arc::new(
+                RawSocket::open(interface.index).map_err(|e| NetError::Socket {
+                    interface: interface.name.clone(),
+                    source: e,
+                })?,
+            )
+        };
+        let reader = self.readers.spawn(reader(
             shared.clone(),
             interface.name.clone(),
             interface.index,
@@ -769,7 +891,13 @@ impl State {
 
     /// Re-adds our missing addresses, removes our stale ones, leaves all others alone.
     fn enforce_addresses(&mut self, shared: &Arc<Shared>) -> Result<(), NetError> {
-        let names = self.addrs.interface_names()?;
+        let names: HashMap<u32, String> = self
+            .net
+            .borrow()
+            .interfaces
+            .iter()
+            .map(|i| (i.index, i.name.clone()))
+            .collect();
         let present = self.addrs.list()?;
         let mut first_error = None;
         let want: BTreeSet<(IpAddr, u32)> = self
@@ -858,38 +986,29 @@ impl State {
         }
     }
 
-    /// Another MAC announced `ip`: remember it, and drop the address when yielding.
-    fn claimed(&mut self, shared: &Arc<Shared>, ip: IpAddr, by: MacAddr, ifindex: u32) {
-        let Some(held) = self.held.get(&ip) else {
+    /// Another MAC announced `ip` while yielding (seen by a reader): drop the address.
+    fn yield_address(&mut self, shared: &Arc<Shared>, ip: IpAddr, by: MacAddr) {
+        if !shared.yield_to_others.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(held) = self.held.remove(&ip) else {
             return;
         };
-        if held
-            .active
-            .as_ref()
-            .is_none_or(|a| a.ifindex != ifindex || a.mac == by)
-        {
+        if held.active.is_none() {
+            self.held.insert(ip, held);
             return;
         }
-        shared.counters.claims_seen.inc();
-        self.claims.insert(ip, (Instant::now(), by));
-        if shared.yield_to_others.load(Ordering::SeqCst)
-            && let Some(held) = self.held.remove(&ip)
-        {
-            tracing::warn!(%ip, by = %by, "another node announced this address while our lease is expired; yielding it");
-            shared.counters.yielded.inc();
-            self.yielded.insert(ip);
-            if let Err(e) = self.deactivate(shared, ip, &held) {
-                shared.counters.errors.inc();
-                tracing::warn!(%ip, error = %e, "removing a yielded address");
-            }
-            if let Err(e) = self.addrs.flush() {
-                tracing::warn!(error = %e, "writing the address record");
-            }
-            self.close_unused_links();
-        } else {
-            tracing::info!(%ip, by = %by, "another MAC announced one of our addresses");
+        tracing::warn!(%ip, by = %by, "another node announced this address while our lease is expired; yielding it");
+        shared.counters.yielded.inc();
+        self.yielded.insert(ip);
+        if let Err(e) = self.deactivate(shared, ip, &held) {
+            shared.counters.errors.inc();
+            tracing::warn!(%ip, error = %e, "removing a yielded address");
         }
-        shared.claimed.notify_waiters();
+        if let Err(e) = self.addrs.flush() {
+            tracing::warn!(error = %e, "writing the address record");
+        }
+        self.close_unused_links();
     }
 
     fn shutdown(&mut self, shared: &Arc<Shared>) -> Result<(), NetError> {
@@ -973,15 +1092,14 @@ async fn reader(
         if frame.eth_src == mac {
             continue;
         }
-        let mut st = shared.lock();
         match frame.payload {
             Payload::Arp(arp) => {
                 if arp.sender_mac != mac && !arp.sender_ip.is_unspecified() {
-                    st.claimed(&shared, IpAddr::V4(arp.sender_ip), arp.sender_mac, ifindex);
+                    claimed(&shared, IpAddr::V4(arp.sender_ip), arp.sender_mac, ifindex);
                 }
                 if arp.op == packet::ArpOp::Request
                     && !arp.is_gratuitous()
-                    && st.answers(IpAddr::V4(arp.target_ip), ifindex)
+                    && shared.table().answers(IpAddr::V4(arp.target_ip), ifindex)
                 {
                     match socket.send(&packet::arp_reply(mac, &arp)) {
                         Ok(()) => {
@@ -996,7 +1114,7 @@ async fn reader(
             }
             Payload::Ndp(ndp) => match ndp.kind {
                 NdpKind::Solicitation => {
-                    if st.answers(IpAddr::V6(ndp.target), ifindex) {
+                    if shared.table().answers(IpAddr::V6(ndp.target), ifindex) {
                         match socket.send(&packet::neighbor_advert_reply(mac, &ndp, frame.eth_src))
                         {
                             Ok(()) => {
@@ -1012,7 +1130,7 @@ async fn reader(
                 NdpKind::Advertisement { .. } => {
                     let by = ndp.lladdr.unwrap_or(frame.eth_src);
                     if by != mac {
-                        st.claimed(&shared, IpAddr::V6(ndp.target), by, ifindex);
+                        claimed(&shared, IpAddr::V6(ndp.target), by, ifindex);
                     }
                 }
             },
@@ -1020,12 +1138,25 @@ async fn reader(
     }
 }
 
-impl State {
-    /// Whether ARP/NS for `ip` on `ifindex` is ours to answer (ARP mode, active there).
-    fn answers(&self, ip: IpAddr, ifindex: u32) -> bool {
-        self.held.get(&ip).is_some_and(|h| {
-            h.target.mode == AnnounceMode::Arp
-                && h.active.as_ref().is_some_and(|a| a.ifindex == ifindex)
-        })
+/// Another MAC announced `ip` on `ifindex`: remember it (for a handover in progress), and
+/// when yielding, have the engine drop the address.
+fn claimed(shared: &Shared, ip: IpAddr, by: MacAddr, ifindex: u32) {
+    {
+        let mut table = shared.table();
+        if table
+            .active
+            .get(&ip)
+            .is_none_or(|e| e.ifindex != ifindex || e.mac == by)
+        {
+            return;
+        }
+        table.claims.insert(ip, (Instant::now(), by));
     }
+    shared.counters.claims_seen.inc();
+    if shared.yield_to_others.load(Ordering::SeqCst) {
+        let _ = shared.yields.send((ip, by));
+    } else {
+        tracing::info!(%ip, by = %by, "another MAC announced one of our addresses");
+    }
+    shared.claimed.notify_waiters();
 }

@@ -16,6 +16,8 @@ use super::packet::MacAddr;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFF_UP: u32 = 0x1;
+/// The link has carrier (RFC 2863 operational state "up" below the IP layer).
+const IFF_LOWER_UP: u32 = 0x1_0000;
 const NLM_F_DUMP: u16 = 0x300;
 /// RTF_UP and RTF_REJECT of route flags.
 const RTF_UP: u32 = 0x1;
@@ -30,9 +32,19 @@ pub struct Interface {
     pub mac: Option<MacAddr>,
     /// Administratively up (IFF_UP).
     pub up: bool,
+    /// The link has carrier (IFF_LOWER_UP): a cable, a switch port, a bond member that is up.
+    pub carrier: bool,
 }
 
-fn parse_link(payload: &[u8]) -> Option<Interface> {
+impl Interface {
+    /// Whether announcements can reach the LAN through it now: an Ethernet address,
+    /// administratively up, and carrier.
+    pub fn usable(&self) -> bool {
+        self.mac.is_some() && self.up && self.carrier
+    }
+}
+
+pub(crate) fn parse_link(payload: &[u8]) -> Option<Interface> {
     // struct ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32
     if payload.len() < 16 {
         return None;
@@ -60,6 +72,7 @@ fn parse_link(payload: &[u8]) -> Option<Interface> {
         index,
         mac,
         up: flags & IFF_UP != 0,
+        carrier: flags & IFF_LOWER_UP != 0,
     })
 }
 
@@ -74,15 +87,6 @@ pub(crate) fn list_with(nl: &mut Netlink) -> Result<Vec<Interface>, NetError> {
     let mut out: Vec<Interface> = replies.iter().filter_map(|p| parse_link(p)).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Every interface of the calling thread's network namespace, sorted by name.
-pub fn list() -> Result<Vec<Interface>, NetError> {
-    let mut nl = Netlink::open(0, false).map_err(|e| NetError::Netlink {
-        op: "open",
-        source: e,
-    })?;
-    list_with(&mut nl)
 }
 
 /// The interface of the best IPv4 default route in `/proc/net/route` text (lowest metric).
@@ -197,6 +201,7 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
             index,
             mac: Some(MacAddr([2, 0, 0, 0, 0, index as u8])),
             up: true,
+            carrier: true,
         }
     }
 
@@ -237,7 +242,7 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
     fn parses_link_messages() {
         let mut b = vec![0u8; 16];
         b[4..8].copy_from_slice(&7u32.to_ne_bytes());
-        b[8..12].copy_from_slice(&(IFF_UP | 0x40).to_ne_bytes());
+        b[8..12].copy_from_slice(&(IFF_UP | 0x40 | IFF_LOWER_UP).to_ne_bytes());
         super::super::address::push_attr(&mut b, IFLA_IFNAME, b"eth0\0");
         super::super::address::push_attr(&mut b, IFLA_ADDRESS, &[2, 0, 0, 0, 0, 9]);
         assert_eq!(
@@ -246,9 +251,13 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
                 name: "eth0".into(),
                 index: 7,
                 mac: Some(MacAddr([2, 0, 0, 0, 0, 9])),
-                up: true
+                up: true,
+                carrier: true,
             })
         );
+        b[8..12].copy_from_slice(&IFF_UP.to_ne_bytes());
+        let no_carrier = parse_link(&b).unwrap();
+        assert!(no_carrier.up && !no_carrier.carrier && !no_carrier.usable());
         for len in 0..b.len() {
             let _ = parse_link(&b[..len]);
         }

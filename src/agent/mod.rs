@@ -6,6 +6,7 @@
 pub mod address;
 pub mod announcer;
 pub mod iface;
+pub mod links;
 pub mod packet;
 pub mod rawsock;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
@@ -27,7 +27,7 @@ use super::address::Marker;
 use super::announcer::{Announcer, AnnouncerConfig, NetCounters, NetError, Target};
 use super::control_plane::ControlPlaneError;
 use super::control_plane::shares::{AnnouncerShares, Share};
-use super::iface;
+use super::links::{LinkWatch, NetState};
 use super::metrics::{AgentMetrics, ChangeLabel};
 use super::view::{
     self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION,
@@ -131,6 +131,9 @@ struct Shared {
     own: Mutex<OwnLease>,
     changed: Notify,
     metrics: Arc<AgentMetrics>,
+    /// The node's links (set once the announcer runs); this node's own eligibility is judged
+    /// from them at once, not from its Lease as the watch echoes it back.
+    links: OnceLock<LinkWatch>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,12 +164,27 @@ impl Shared {
             .nodes
             .get(&reflector::ObjectRef::new(&self.args.node_name))?;
         let book = lock(&self.leases);
+        let facts = self.facts(&book, &self.args.node_name);
         Some(view::node_view(
             &node,
-            book.facts.get(&self.args.node_name),
+            facts.as_ref(),
             &book.liveness,
             self.now(),
         ))
+    }
+
+    /// What a node's Lease says; for this node, the interfaces are the ones usable now (a
+    /// link that lost carrier stops counting at once, before the Lease write comes back).
+    fn facts(&self, book: &LeaseBook, node: &str) -> Option<LeaseFacts> {
+        let mut facts = book.facts.get(node).cloned()?;
+        if node == self.args.node_name
+            && let Some(links) = self.links.get()
+        {
+            let (interfaces, default_interface) = usable_interfaces(&links.current());
+            facts.interfaces = interfaces;
+            facts.default_interface = default_interface;
+        }
+        Some(facts)
     }
 
     /// Whether this node's agent must hold a Lease (some L2Announcement selects the node).
@@ -204,7 +222,8 @@ impl Shared {
                 .state()
                 .iter()
                 .map(|node| {
-                    view::node_view(node, book.facts.get(&node.name_any()), &book.liveness, now)
+                    let facts = self.facts(&book, &node.name_any());
+                    view::node_view(node, facts.as_ref(), &book.liveness, now)
                 })
                 .collect()
         };
@@ -304,6 +323,7 @@ pub(crate) async fn run_services(
         own: Mutex::new(OwnLease::default()),
         changed: Notify::new(),
         metrics: metrics.clone(),
+        links: OnceLock::new(),
     });
     spawn_reflector(
         Api::<DeserializeGuard<IPAllocation>>::all(client.clone()),
@@ -391,6 +411,7 @@ pub(crate) async fn run_services(
         }
         AnnouncerSource::Shared(share) => (share, None),
     };
+    let _ = shared.links.set(announcer.links().clone());
     let announcer = Arc::new(announcer);
     flags[1].store(true, Ordering::Release);
 
@@ -661,17 +682,26 @@ fn micro_time_now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
+/// The interfaces this node can announce on now (Ethernet address, up, carrier) and the
+/// default route's interface when it is one of them.
+fn usable_interfaces(net: &NetState) -> (Vec<String>, Option<String>) {
+    let usable = net.usable();
+    let default = net
+        .default_interface
+        .clone()
+        .filter(|name| usable.contains(name));
+    (usable, default)
+}
+
 /// The Lease this node's agent writes.
 fn lease_object(shared: &Shared) -> Lease {
     let args = &shared.args;
-    // Interfaces with an Ethernet address: the ones announcements can use.
-    let interfaces: Vec<String> = iface::list()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|i| i.mac.is_some())
-        .map(|i| i.name)
-        .collect();
-    let default = iface::default_route_interface().unwrap_or_default();
+    let (interfaces, default) = shared
+        .links
+        .get()
+        .map(|links| usable_interfaces(&links.current()))
+        .unwrap_or_default();
+    let default = default.unwrap_or_default();
     let duration_ms = args.lease_duration.as_millis().max(1) as u64;
     Lease {
         metadata: ObjectMeta {
@@ -728,15 +758,46 @@ async fn renew_once(api: &Api<Lease>, shared: &Shared) -> Result<(), kube::Error
 }
 
 /// Renews this node's Lease every --renew-interval while some L2Announcement selects the node
-/// (API writes per second = eligible nodes / renew interval, whatever the number of Services).
+/// (API writes per second = eligible nodes / renew interval, whatever the number of Services),
+/// and at once when the usable interfaces change (a link lost or regained carrier), so the
+/// other agents move this node's addresses without waiting for the Lease to expire.
 async fn renew_lease(client: Client, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let api: Api<Lease> = Api::namespaced(client, &shared.args.namespace);
     let mut tick = tokio::time::interval(shared.args.renew_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut net = shared.links.get().map(LinkWatch::subscribe);
+    let mut written = net
+        .as_ref()
+        .map(|net| usable_interfaces(&net.borrow()))
+        .unwrap_or_default();
     loop {
+        let links_changed = async {
+            match net.as_mut() {
+                Some(net) => net.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
+            ok = links_changed => {
+                if !ok {
+                    net = None;
+                    continue;
+                }
+                let now = net
+                    .as_mut()
+                    .map(|net| usable_interfaces(&net.borrow_and_update()))
+                    .unwrap_or_default();
+                if now == written {
+                    continue;
+                }
+                tracing::info!(usable = ?now.0, default = ?now.1, "usable interfaces changed: renewing the lease at once");
+                written = now;
+                // This node's own view follows the links at once.
+                shared.changed.notify_one();
+                tick.reset();
+            }
             _ = stop.changed() => return,
         }
         if !shared.needs_lease() {

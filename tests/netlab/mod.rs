@@ -66,6 +66,12 @@ pub fn ipv4(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, n)
 }
 
+/// The IPv4 address of host number `n` on the management network
+/// ([`Netlab::add_management_network`]).
+pub fn mgmt_ipv4(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, n)
+}
+
 /// The IPv6 address of host number `n` in the lab's LAN: its decimal digits are the last
 /// group, so host 11 is `2001:db8:1::11` like `192.0.2.11`.
 pub fn ipv6(n: u8) -> Ipv6Addr {
@@ -272,6 +278,71 @@ impl Netlab {
     /// The namespace of host `name`.
     pub fn ns(&self, name: &str) -> &str {
         &self.host(name).ns
+    }
+
+    /// A second LAN, apart from the first ("management network", as nodes often have one for
+    /// the API server): a bridge of its own in the switch namespace, and on each of `members`
+    /// an interface `eth1` with [`mgmt_ipv4`] of its number.
+    pub fn add_management_network(&self, members: &[&str]) {
+        let sw = self.switch_ns.as_str();
+        must(
+            "ip",
+            &[
+                "-n",
+                sw,
+                "link",
+                "add",
+                "br1",
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+            ],
+        );
+        must("ip", &["-n", sw, "link", "set", "br1", "up"]);
+        for (i, name) in members.iter().enumerate() {
+            let host = self.host(name);
+            let port = format!("m{i}");
+            must(
+                "ip",
+                &[
+                    "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", "eth1",
+                    "netns", &host.ns,
+                ],
+            );
+            must(
+                "ip",
+                &["-n", sw, "link", "set", &port, "master", "br1", "up"],
+            );
+            must("ip", &["-n", &host.ns, "link", "set", "eth1", "up"]);
+            let address = format!("{}/24", mgmt_ipv4(host.number));
+            must(
+                "ip",
+                &["-n", &host.ns, "addr", "add", &address, "dev", "eth1"],
+            );
+        }
+    }
+
+    /// Takes the switch port of host `host` on the first LAN down or up: the host's `eth0`
+    /// loses or regains carrier (it stays administratively up), as when a cable is pulled.
+    pub fn set_lan_port(&self, host: &str, up: bool) {
+        let index = self
+            .hosts
+            .iter()
+            .position(|h| h.name == host)
+            .unwrap_or_else(|| panic!("netlab: no host {host}"));
+        let state = if up { "up" } else { "down" };
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.switch_ns,
+                "link",
+                "set",
+                &format!("p{index}"),
+                state,
+            ],
+        );
     }
 
     fn command(&self, host: &str, cmd: &str, args: &[&str]) -> Command {

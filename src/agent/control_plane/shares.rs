@@ -161,6 +161,11 @@ impl AnnouncerShares {
 }
 
 impl Share {
+    /// The node's links, as the shared announcer sees them.
+    pub fn links(&self) -> &crate::agent::links::LinkWatch {
+        self.shares.announcer.links()
+    }
+
     /// Sets this part's desired addresses and applies the union (see [`Announcer::set`]).
     /// The first call may wait for the other parts' first decisions (module documentation).
     pub async fn set(&self, desired: BTreeMap<IpAddr, Target>) -> Result<(), NetError> {

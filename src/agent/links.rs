@@ -1,0 +1,338 @@
+//! The node's links as the kernel reports them, kept current by a netlink subscription on a
+//! thread of its own.
+//!
+//! Netlink requests take the kernel's RTNL lock, which a busy node (CNI plugins, kube-proxy,
+//! routing daemons) holds often; a request can wait for it. So no netlink call runs on the
+//! agent's async runtime for links: the `vipam-links` thread subscribes to link, address and
+//! route changes, dumps the links again when one changed (or when the subscription overran:
+//! changes were lost, so everything is read again), works out the interface of the default
+//! route, and publishes a [`NetState`] through a `tokio::sync::watch` channel. Readers take
+//! the latest snapshot without a system call.
+//!
+//! An interface is *usable* for announcements when it has an Ethernet address, is
+//! administratively up and has carrier (`IFF_LOWER_UP`): a cable pulled, a switch port down or
+//! a bond without members all clear the carrier while the interface stays "up".
+//!
+//! Everything belongs to the network namespace of the thread that calls [`LinkWatch::start`]
+//! (the watcher thread inherits it).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use super::address::{Netlink, RTM_GETLINK, messages};
+use super::announcer::NetError;
+use super::iface::{self, Interface};
+
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const NLM_F_DUMP: u16 = 0x300;
+
+/// After a failed dump, the watcher tries again this long later.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The node's network as last read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetState {
+    /// Every interface, sorted by name.
+    pub interfaces: Vec<Interface>,
+    /// The interface of the default route (IPv4 first, then IPv6).
+    pub default_interface: Option<String>,
+    /// Grows by one for every batch of address changes the kernel reported (ours or anyone's),
+    /// so the announcer can check its addresses at once.
+    pub address_changes: u64,
+}
+
+impl NetState {
+    pub fn interface(&self, name: &str) -> Option<&Interface> {
+        self.interfaces.iter().find(|i| i.name == name)
+    }
+
+    /// Names of the interfaces announcements can use now (see [`Interface::usable`]), sorted.
+    pub fn usable(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .filter(|i| i.usable())
+            .map(|i| i.name.clone())
+            .collect()
+    }
+}
+
+/// Handle to the watcher thread. The thread stops within a second of the last receiver
+/// (this handle and every [`LinkWatch::subscribe`]) being dropped.
+#[derive(Debug, Clone)]
+pub struct LinkWatch {
+    state: watch::Receiver<Arc<NetState>>,
+}
+
+impl LinkWatch {
+    /// Subscribes, reads the links once and starts the watcher thread; resolves once the first
+    /// snapshot is there. The dump runs on the watcher thread, not on the caller's runtime.
+    pub async fn start() -> Result<LinkWatch, NetError> {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("vipam-links".into())
+            .spawn(move || watcher(ready_tx))
+            .map_err(|e| NetError::Netlink {
+                op: "start the link watcher",
+                source: e,
+            })?;
+        let state = ready_rx.await.map_err(|_| NetError::Stopped)??;
+        Ok(LinkWatch { state })
+    }
+
+    /// The latest snapshot (no system call).
+    pub fn current(&self) -> Arc<NetState> {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<NetState>> {
+        self.state.clone()
+    }
+}
+
+fn netlink_error(op: &'static str) -> impl FnOnce(io::Error) -> NetError {
+    move |source| NetError::Netlink { op, source }
+}
+
+fn dump_links(nl: &mut Netlink) -> Result<Vec<Interface>, NetError> {
+    let body = [0u8; 16]; // struct ifinfomsg, AF_UNSPEC
+    let replies = nl
+        .request(RTM_GETLINK, NLM_F_DUMP, &body)
+        .map_err(netlink_error("list interfaces"))?;
+    let mut out: Vec<Interface> = replies
+        .iter()
+        .filter_map(|p| iface::parse_link(p))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// What a batch of notifications asks the watcher to read again.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Dirty {
+    links: bool,
+    routes: bool,
+    addresses: bool,
+}
+
+impl Dirty {
+    const ALL: Dirty = Dirty {
+        links: true,
+        routes: true,
+        addresses: true,
+    };
+
+    fn any(self) -> bool {
+        self.links || self.routes || self.addresses
+    }
+
+    /// Marks what the notifications in `datagram` changed.
+    fn note(&mut self, datagram: &[u8]) {
+        for (kind, _, _, _) in messages(datagram) {
+            match kind {
+                RTM_NEWLINK | RTM_DELLINK => self.links = true,
+                RTM_NEWADDR | RTM_DELADDR => self.addresses = true,
+                RTM_NEWROUTE | RTM_DELROUTE => self.routes = true,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn watcher(ready: oneshot::Sender<Result<watch::Receiver<Arc<NetState>>, NetError>>) {
+    let groups = RTMGRP_LINK
+        | RTMGRP_IPV4_IFADDR
+        | RTMGRP_IPV6_IFADDR
+        | RTMGRP_IPV4_ROUTE
+        | RTMGRP_IPV6_ROUTE;
+    // Subscribe before the first dump, so no change falls between the two.
+    let opened = Netlink::open(groups, false)
+        .map_err(netlink_error("subscribe to link changes"))
+        .and_then(|sub| {
+            let mut requests = Netlink::open(0, false).map_err(netlink_error("open"))?;
+            let interfaces = dump_links(&mut requests)?;
+            Ok((sub, requests, interfaces))
+        });
+    let (sub, mut requests, interfaces) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let (tx, rx) = watch::channel(Arc::new(NetState {
+        interfaces,
+        default_interface: iface::default_route_interface(),
+        address_changes: 0,
+    }));
+    if ready.send(Ok(rx)).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut dirty = Dirty::default();
+    while !tx.is_closed() {
+        // Blocks for at most the socket's receive timeout, so a closed channel is noticed.
+        match sub.recv_into(&mut buf) {
+            Ok(n) => {
+                dirty.note(&buf[..n]);
+                // Drain what else is queued, so a burst costs one dump.
+                loop {
+                    match sub.recv_with(&mut buf, libc::MSG_DONTWAIT) {
+                        Ok(n) => dirty.note(&buf[..n]),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => dirty = Dirty::ALL,
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                tracing::debug!("link notifications overran: reading everything again");
+                dirty = Dirty::ALL;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "link notifications failed; reading everything again");
+                dirty = Dirty::ALL;
+                std::thread::sleep(RETRY);
+            }
+        }
+        if !dirty.any() {
+            continue;
+        }
+        let links = if dirty.links {
+            match dump_links(&mut requests) {
+                Ok(links) => Some(links),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the interfaces; retrying");
+                    std::thread::sleep(RETRY);
+                    continue; // `dirty` is kept: the next round reads again
+                }
+            }
+        } else {
+            None
+        };
+        let default_interface = dirty.routes.then(iface::default_route_interface);
+        let addresses = dirty.addresses;
+        dirty = Dirty::default();
+        tx.send_if_modified(|state| {
+            let mut next = NetState::clone(state);
+            if let Some(links) = links {
+                next.interfaces = links;
+            }
+            if let Some(default) = default_interface {
+                next.default_interface = default;
+            }
+            if addresses {
+                next.address_changes += 1;
+            }
+            if next == **state {
+                return false;
+            }
+            log_changes(state, &next);
+            *state = Arc::new(next);
+            true
+        });
+    }
+}
+
+fn log_changes(old: &NetState, new: &NetState) {
+    for i in &new.interfaces {
+        let before = old.interface(&i.name);
+        if before.map(Interface::usable) != Some(i.usable()) {
+            tracing::info!(interface = %i.name, usable = i.usable(), up = i.up, carrier = i.carrier,
+                "interface changed");
+        }
+    }
+    for i in &old.interfaces {
+        if new.interface(&i.name).is_none() {
+            tracing::info!(interface = %i.name, "interface removed");
+        }
+    }
+    if old.default_interface != new.default_interface {
+        tracing::info!(default = ?new.default_interface, "default route interface changed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::address::push_attr;
+
+    fn notification(kind: u16) -> Vec<u8> {
+        let mut body = vec![0u8; 16];
+        push_attr(&mut body, 3, b"eth0\0");
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&0u16.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&body);
+        msg
+    }
+
+    #[test]
+    fn notifications_mark_what_to_read_again() {
+        let cases = [
+            (vec![RTM_NEWLINK], (true, false, false)),
+            (vec![RTM_DELLINK, RTM_NEWADDR], (true, false, true)),
+            (vec![RTM_DELROUTE], (false, true, false)),
+            (vec![RTM_DELADDR, RTM_NEWROUTE], (false, true, true)),
+            (vec![99], (false, false, false)),
+        ];
+        for (kinds, (links, routes, addresses)) in cases {
+            let datagram: Vec<u8> = kinds.iter().flat_map(|k| notification(*k)).collect();
+            let mut dirty = Dirty::default();
+            dirty.note(&datagram);
+            assert_eq!(
+                dirty,
+                Dirty {
+                    links,
+                    routes,
+                    addresses
+                },
+                "{kinds:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn usable_needs_mac_up_and_carrier() {
+        let i = |name: &str, mac: bool, up: bool, carrier: bool| Interface {
+            name: name.into(),
+            index: 1,
+            mac: mac.then_some(crate::agent::packet::MacAddr([2, 0, 0, 0, 0, 1])),
+            up,
+            carrier,
+        };
+        let state = NetState {
+            interfaces: vec![
+                i("eth0", true, true, true),
+                i("eth1", true, true, false),
+                i("eth2", true, false, false),
+                i("tun0", false, true, true),
+            ],
+            default_interface: Some("eth0".into()),
+            address_changes: 0,
+        };
+        assert_eq!(state.usable(), ["eth0"]);
+        assert!(state.interface("eth1").is_some_and(|i| !i.carrier));
+        assert!(state.interface("eth9").is_none());
+    }
+}
