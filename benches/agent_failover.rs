@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench agent_failover            # everything (about 5 minutes)
 //! cargo bench --bench agent_failover -- gaps    # failover gaps only
+//! cargo bench --bench agent_failover -- carrier # carrier-loss failover only
 //! cargo bench --bench agent_failover -- writes  # API writes per second and RSS only
 //! cargo bench --bench agent_failover -- writes-5000  # one size only
 //! ```
@@ -42,6 +43,9 @@ fn main() {
                 ..AgentFlags::default()
             },
         );
+    }
+    if wants("carrier") {
+        carrier_loss();
     }
     for ips in [1usize, 100, 5000] {
         if wants(&format!("writes-{ips}")) {
@@ -123,6 +127,49 @@ fn gaps(label: &str, flags: AgentFlags) {
     }
     summary(&format!("crash (kill -9), {label}"), crash);
     summary(&format!("graceful (SIGTERM), {label}"), graceful);
+}
+
+/// Carrier-loss failover: the owner's switch port on the LAN goes down (its eth0 loses
+/// carrier; its Lease keeps renewing over the management network). Gap from the port going
+/// down to the first answer from another node, probing every 10 ms; then the port comes back.
+fn carrier_loss() {
+    let lab = AgentLab::with_management_network("bench-carrier", AgentFlags::default());
+    let vip: IpAddr = "192.0.2.211".parse().unwrap();
+    lab.add_vip_on_nodes(vip);
+    lab.seed_announcement("arp");
+    lab.seed_service("web", vip, false);
+    lab.start_all();
+    let mut gaps = Vec::new();
+    for _ in 0..TRIALS {
+        let owner = lab.wait_announcer(vip, None, Duration::from_secs(20));
+        wait_reach(&lab, vip, &owner);
+        std::thread::sleep(Duration::from_millis(500));
+        let prober = lab.prober(vip, Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(200));
+        let at = Instant::now();
+        lab.net.set_lan_port(&owner, false);
+        let deadline = at + Duration::from_secs(10);
+        let gap = loop {
+            if let Some((gap, _)) = gap_after(&prober.samples(), at, &owner) {
+                break gap;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no takeover after {owner} lost carrier\n{}",
+                lab.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        drop(prober);
+        gaps.push(gap);
+        lab.net.set_lan_port(&owner, true);
+        // The node with carrier again wins its addresses back (rendezvous): let that settle.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    summary(
+        "carrier loss on the owner's LAN port, default timings",
+        gaps,
+    );
 }
 
 fn ip_of(i: usize) -> IpAddr {

@@ -933,3 +933,76 @@ impl Drop for Unblock {
             .open(&self.0);
     }
 }
+
+/// `frame` with an 802.1Q tag for VLAN `vid` inserted after the two MAC addresses, as a trunk
+/// port carries it.
+fn tagged(frame: Vec<u8>, vid: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00]);
+    out.extend_from_slice(&vid.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// On a trunk, the packet socket of the parent interface also sees the frames of its VLANs
+/// (the kernel strips the tag before the socket sees them). Those belong to other LANs: an ARP
+/// request or neighbour solicitation tagged for VLAN 10 is not answered (the answer would go
+/// out untagged, on the wrong LAN), and a tagged announcement of one of our addresses is not a
+/// claim on it. The same frames untagged are answered and counted.
+#[test]
+fn frames_of_other_vlans_are_neither_answered_nor_claims() {
+    let lab = Netlab::new(&[("node1", 11), ("node2", 12), ("client", 100)]);
+    let client = lab.host("client").clone();
+    let client_mac = MacAddr(client.mac);
+    let other = MacAddr(lab.host("node2").mac);
+    let agent = Agent::start(&lab, "node1", Duration::from_secs(10));
+    agent.set(&[("192.0.2.63", "eth0", ARP), ("2001:db8:1::63", "eth0", ARP)]);
+    let (v4, v6) = (
+        "192.0.2.63".parse().unwrap(),
+        "2001:db8:1::63".parse().unwrap(),
+    );
+    let questions = vec![
+        packet::arp_request(client_mac, client.ipv4, v4),
+        packet::neighbor_solicit(client_mac, client.ipv6, v6),
+    ];
+    let claims = vec![
+        packet::gratuitous_arp(other, v4),
+        packet::unsolicited_advert(other, v6),
+    ];
+    let counts = |a: &Agent| {
+        (
+            a.counters.arp_replies.get(),
+            a.counters.ndp_replies.get(),
+            a.counters.claims_seen.get(),
+        )
+    };
+    let before = counts(&agent);
+
+    send_from(
+        &lab,
+        "client",
+        questions.iter().map(|f| tagged(f.clone(), 10)).collect(),
+    );
+    send_from(
+        &lab,
+        "node2",
+        claims.iter().map(|f| tagged(f.clone(), 10)).collect(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        counts(&agent),
+        before,
+        "frames of VLAN 10 were answered or counted as claims"
+    );
+
+    send_from(&lab, "client", questions);
+    send_from(&lab, "node2", claims);
+    eventually(
+        Duration::from_secs(2),
+        "untagged questions answered and claims seen",
+        || {
+            let (arp, ndp, claims) = counts(&agent);
+            arp > before.0 && ndp > before.1 && claims >= before.2 + 2
+        },
+    );
+}

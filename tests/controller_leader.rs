@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use support::{FakeApi, Fault, Verb};
 use vipam::admin::Metrics;
 use vipam::cache::Caches;
-use vipam::controller::clock::SystemClock;
+use vipam::controller::clock::{Clock, SharedClock, SystemClock};
 use vipam::controller::lease::{LEASE_NAME, LeaseConfig};
 use vipam::controller::reconcile::ReconcilerConfig;
 use vipam::controller::{LeaderSettings, Reconcilers};
@@ -33,6 +33,24 @@ async fn start(fake: &FakeApi, identity: &str) -> Reconcilers {
 }
 
 async fn start_with(fake: &FakeApi, identity: &str, metrics: Arc<Metrics>) -> Reconcilers {
+    start_clocked(fake, identity, metrics, Arc::new(SystemClock)).await
+}
+
+/// The system clock, off by a fixed amount (a node whose clock is wrong).
+struct SkewedClock(i64);
+
+impl Clock for SkewedClock {
+    fn now_millis(&self) -> i64 {
+        SystemClock.now_millis() + self.0
+    }
+}
+
+async fn start_clocked(
+    fake: &FakeApi,
+    identity: &str,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+) -> Reconcilers {
     let (caches, writers) = Caches::new();
     Caches::start(fake.client(), writers, &caches).await;
     Reconcilers::spawn(
@@ -53,7 +71,7 @@ async fn start_with(fake: &FakeApi, identity: &str, metrics: Arc<Metrics>) -> Re
             },
             resync_interval: Duration::from_secs(30),
         },
-        Arc::new(SystemClock),
+        clock,
         metrics,
     )
 }
@@ -204,4 +222,46 @@ async fn a_leader_that_cannot_renew_stops_writing_at_once() {
         has_ingress,
     )
     .await;
+}
+
+/// Standbys whose clocks are an hour ahead of and behind the leader's neither take over while
+/// the leader renews (the renewTime it writes looks an hour old to one of them) nor wait an
+/// hour once it died (it looks an hour in the future to the other): expiry is judged by each
+/// replica's own clock since it saw the lease change.
+#[tokio::test]
+async fn clock_skew_neither_steals_a_live_lease_nor_delays_a_takeover() {
+    const HOUR: i64 = 3_600_000;
+    let fake = fake_with_pool();
+    let leader = start(&fake, "leader").await;
+    wait_for("the leader", Duration::from_secs(5), || {
+        leader.gate.is_leader()
+    })
+    .await;
+    let metrics = || Arc::new(Metrics::new());
+    let ahead = start_clocked(&fake, "ahead", metrics(), Arc::new(SkewedClock(HOUR))).await;
+    let behind = start_clocked(&fake, "behind", metrics(), Arc::new(SkewedClock(-HOUR))).await;
+
+    let until = Instant::now() + 4 * LEASE;
+    while Instant::now() < until {
+        assert!(
+            !ahead.gate.is_leader() && !behind.gate.is_leader(),
+            "a standby with a skewed clock took over from a live leader"
+        );
+        assert_eq!(holder(&fake).as_deref(), Some("leader"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let killed = Instant::now();
+    drop(leader);
+    wait_for("the takeover", LEASE + Duration::from_secs(2), || {
+        ahead.gate.is_leader() || behind.gate.is_leader()
+    })
+    .await;
+    assert!(
+        !(ahead.gate.is_leader() && behind.gate.is_leader()),
+        "two leaders at once"
+    );
+    let new = holder(&fake).expect("the lease");
+    assert!(new == "ahead" || new == "behind", "holder {new}");
+    eprintln!("takeover by {new} after {:?}", killed.elapsed());
 }

@@ -82,90 +82,172 @@ fn signal(pid: i32, signal: i32) {
     assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
 }
 
+/// The LAN with its workloads and the control plane in its `api` host.
+struct Lab {
+    net: Netlab,
+    cp: ControlPlane,
+    api_address: String,
+    workload_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workloads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Lab {
+    /// With `management`, the nodes and the API server also share a second LAN
+    /// (203.0.113.0/24 on `eth1`) and the API server is reached over it only, so a node that
+    /// loses its first LAN still renews its Lease.
+    fn start(management: bool) -> Lab {
+        let net = Netlab::standard();
+        let (workload_stop, workloads) = agentlab::start_workloads(&net);
+        let api_address = if management {
+            net.add_management_network(&["node1", "node2", "node3", "api"]);
+            netlab::mgmt_ipv4(net.host("api").number).to_string()
+        } else {
+            net.host("api").ipv4.to_string()
+        };
+        let cp = ControlPlane::start_in(net.ns("api"), &api_address);
+        Lab {
+            net,
+            cp,
+            api_address,
+            workload_stop,
+            workloads,
+        }
+    }
+
+    /// vipam installed from manifests/install.yaml (one controller).
+    fn install(&self) -> Installation<'_> {
+        Installation::install(&self.cp, &[&self.api_address], &[])
+    }
+
+    /// Nodes, a pool and an L2Announcement (arp mode on eth0), and an agent on every node.
+    fn start_agents(&self) -> Agents {
+        let (net, cp) = (&self.net, &self.cp);
+        // No kubelet registers the nodes: create them as it would.
+        for node in NODES {
+            let object = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}}
+            });
+            let out = cp.kubectl_stdin(&["create", "-f", "-"], &object.to_string());
+            assert!(out.status.success(), "Node {node}: {}", describe(&out));
+        }
+        let config = json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "vipam.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
+             "spec": {"blocks": [{"start": "192.0.2.200", "stop": "192.0.2.209"}]}},
+            {"apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement", "metadata": {"name": "lan"},
+             "spec": {"interfaces": ["^eth0$"], "mode": "arp"}}
+        ]});
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &config.to_string());
+        assert!(
+            out.status.success(),
+            "pool and announcement: {}",
+            describe(&out)
+        );
+
+        let kubeconfig = cp.service_account_kubeconfig("vipam-system", "vipam-agent");
+        let mut agents = Agents {
+            children: Vec::new(),
+            logs: Vec::new(),
+        };
+        for node in NODES {
+            let log_path = cp.scratch.join(format!("agent-{node}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args([
+                "netns",
+                "exec",
+                net.ns(node),
+                kubecp::vipam::vipam_bin(),
+                "agent",
+            ])
+            .args(["--node-name", node, "--namespace", "vipam-system"])
+            .args(["--admin-addr", "127.0.0.1:9478"])
+            .arg("--state-dir")
+            .arg(cp.scratch.join(format!("agent-{node}-state")))
+            .args(["--lease-duration", "3s", "--renew-interval", "1s"])
+            .args(["--resync", "2s", "--garp-interval", "10s"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,vipam=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+            agents
+                .children
+                .push((node.to_string(), kubecp::spawn_owned(cmd)));
+            agents.logs.push(log_path);
+        }
+        agents
+    }
+
+    /// A Service that pins `vip` through the webhook, as a user would apply it; returns the
+    /// node that announces it once the client reaches it.
+    fn pin_service(&self, agents: &Agents, name: &str, vip: IpAddr) -> String {
+        add_vip_on_nodes(&self.net, vip);
+        let service = service_yaml(
+            "default",
+            name,
+            &[("vipam.io/ips", &vip.to_string())],
+            &[(agentlab::SERVICE_PORT, "TCP")],
+        );
+        let out = self.cp.kubectl_stdin(&["apply", "-f", "-"], &service);
+        assert!(out.status.success(), "Service: {}", describe(&out));
+        let allocation = agentlab::allocation_name(vip);
+        let owner = wait_for("an announcer in status", 30 * SECOND, || {
+            announcer(&self.cp, &allocation)
+        });
+        let answered = wait_for("the client to reach the address", 20 * SECOND, || {
+            self.net
+                .run_in("client", move || probe(vip, Duration::from_millis(300)))
+        });
+        assert_eq!(answered, owner, "{}", agents.logs());
+        owner
+    }
+
+    /// The `vipam.io/interfaces` annotation and renewTime of `node`'s agent Lease.
+    fn lease(&self, node: &str) -> (String, String) {
+        let lease = get_json(
+            &self.cp,
+            &[
+                "get",
+                "lease",
+                "-n",
+                "vipam-system",
+                &format!("vipam-agent-{node}"),
+            ],
+        );
+        (
+            lease["metadata"]["annotations"]["vipam.io/interfaces"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            lease["spec"]["renewTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.workload_stop.store(true, Ordering::Release);
+        for thread in self.workloads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
 fn agents_on_the_real_api_server_answer_fail_over_and_outlive_an_outage() {
-    let net = Netlab::standard();
-    let (workload_stop, workloads) = agentlab::start_workloads(&net);
-    let api_address = net.host("api").ipv4.to_string();
-    let cp = ControlPlane::start_in(net.ns("api"), &api_address);
-    let vipam = Installation::install(&cp, &[&api_address], &[]);
-
-    // No kubelet registers the nodes: create them as it would.
-    for node in NODES {
-        let object = json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}}
-        });
-        let out = cp.kubectl_stdin(&["create", "-f", "-"], &object.to_string());
-        assert!(out.status.success(), "Node {node}: {}", describe(&out));
-    }
-    let config = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "vipam.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
-         "spec": {"blocks": [{"start": "192.0.2.200", "stop": "192.0.2.209"}]}},
-        {"apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement", "metadata": {"name": "lan"},
-         "spec": {"interfaces": ["^eth0$"], "mode": "arp"}}
-    ]});
-    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &config.to_string());
-    assert!(
-        out.status.success(),
-        "pool and announcement: {}",
-        describe(&out)
-    );
-
-    let kubeconfig = cp.service_account_kubeconfig("vipam-system", "vipam-agent");
-    let mut agents = Agents {
-        children: Vec::new(),
-        logs: Vec::new(),
-    };
-    for node in NODES {
-        let log_path = cp.scratch.join(format!("agent-{node}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            net.ns(node),
-            kubecp::vipam::vipam_bin(),
-            "agent",
-        ])
-        .args(["--node-name", node, "--namespace", "vipam-system"])
-        .args(["--admin-addr", "127.0.0.1:9478"])
-        .arg("--state-dir")
-        .arg(cp.scratch.join(format!("agent-{node}-state")))
-        .args(["--lease-duration", "3s", "--renew-interval", "1s"])
-        .args(["--resync", "2s", "--garp-interval", "10s"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info,vipam=debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-        agents
-            .children
-            .push((node.to_string(), kubecp::spawn_owned(cmd)));
-        agents.logs.push(log_path);
-    }
-
-    // A Service pins an address through the webhook, as a user would apply it.
+    let lab = Lab::start(false);
+    let vipam = lab.install();
+    let agents = lab.start_agents();
+    let (net, cp) = (&lab.net, &lab.cp);
     let vip: IpAddr = "192.0.2.200".parse().unwrap();
-    add_vip_on_nodes(&net, vip);
-    let service = service_yaml(
-        "default",
-        "web",
-        &[("vipam.io/ips", "192.0.2.200")],
-        &[(agentlab::SERVICE_PORT, "TCP")],
-    );
-    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &service);
-    assert!(out.status.success(), "Service: {}", describe(&out));
+    let owner = lab.pin_service(&agents, "web", vip);
     let allocation = agentlab::allocation_name(vip);
-    let owner = wait_for("an announcer in status", 30 * SECOND, || {
-        announcer(&cp, &allocation)
-    });
-    let answered = wait_for("the client to reach the address", 20 * SECOND, || {
-        net.run_in("client", move || probe(vip, Duration::from_millis(300)))
-    });
-    assert_eq!(answered, owner, "{}", agents.logs());
     wait_for("the Service's status", 30 * SECOND, || {
-        let svc = get_json(&cp, &["get", "service", "-n", "default", "web"]);
+        let svc = get_json(cp, &["get", "service", "-n", "default", "web"]);
         kubecp::vipam::ingress_ips(&svc)
             .contains(&vip.to_string())
             .then_some(())
@@ -196,7 +278,7 @@ fn agents_on_the_real_api_server_answer_fail_over_and_outlive_an_outage() {
     }
 
     // kill -9 of the owner: another node answers within the lease.
-    let prober = prober_in(&net, Duration::from_millis(20), move |t| probe(vip, t));
+    let prober = prober_in(net, Duration::from_millis(20), move |t| probe(vip, t));
     std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();
     signal(agents.pid(&owner) as i32, libc::SIGKILL);
@@ -211,11 +293,11 @@ fn agents_on_the_real_api_server_answer_fail_over_and_outlive_an_outage() {
         agents.logs()
     );
     wait_for("status.announcer to move", 10 * SECOND, || {
-        (announcer(&cp, &allocation).as_deref() == Some(second.as_str())).then_some(())
+        (announcer(cp, &allocation).as_deref() == Some(second.as_str())).then_some(())
     });
 
     // The API server stopped for 60 s: every probe is answered by the same node.
-    let prober = prober_in(&net, Duration::from_millis(100), move |t| probe(vip, t));
+    let prober = prober_in(net, Duration::from_millis(100), move |t| probe(vip, t));
     let apiserver = cp.pid("kube-apiserver");
     signal(apiserver, libc::SIGSTOP);
     let stopped = Instant::now();
@@ -252,9 +334,70 @@ fn agents_on_the_real_api_server_answer_fail_over_and_outlive_an_outage() {
 
     assert_no_forbidden(&agents.logs);
     vipam.assert_no_forbidden();
-    drop(agents);
-    workload_stop.store(true, Ordering::Release);
-    for thread in workloads {
-        let _ = thread.join();
-    }
+}
+
+/// A node whose announcing interface loses carrier (its switch port goes down; the interface
+/// stays administratively up) stops being eligible at once: its Lease, still renewed over the
+/// management network, drops the interface, and another node takes the address without
+/// waiting for any Lease to expire. When the carrier comes back, the interface counts again.
+#[test]
+fn carrier_loss_on_the_owners_lan_moves_the_address_at_once() {
+    let lab = Lab::start(true);
+    let vipam = lab.install();
+    let agents = lab.start_agents();
+    let (net, cp) = (&lab.net, &lab.cp);
+    let vip: IpAddr = "192.0.2.201".parse().unwrap();
+    let owner = lab.pin_service(&agents, "web", vip);
+    let allocation = agentlab::allocation_name(vip);
+    let (interfaces, _) = lab.lease(&owner);
+    assert!(
+        interfaces.split(',').any(|i| i == "eth0"),
+        "the owner's Lease does not list eth0: {interfaces}"
+    );
+
+    let prober = prober_in(net, Duration::from_millis(20), move |t| probe(vip, t));
+    std::thread::sleep(Duration::from_millis(300));
+    let cut = Instant::now();
+    net.set_lan_port(&owner, false);
+    let second = wait_for("another node to answer", 10 * SECOND, || {
+        gap_after(&prober.samples(), cut, &owner).map(|(_, node)| node)
+    });
+    std::thread::sleep(SECOND);
+    let samples = prober.finish();
+    let (gap, _) = gap_after(&samples, cut, &owner).unwrap();
+    eprintln!("real API: carrier-loss failover gap {gap:?} ({owner} -> {second})");
+
+    // The owner's Lease was renewed all along (so nothing expired) and no longer lists eth0.
+    let (interfaces, renewed) = lab.lease(&owner);
+    assert!(
+        !interfaces.split(',').any(|i| i == "eth0"),
+        "the Lease still lists eth0 after the carrier loss: {interfaces}\n{}",
+        agents.logs()
+    );
+    std::thread::sleep(2 * SECOND);
+    let (_, renewed_later) = lab.lease(&owner);
+    assert_ne!(
+        renewed,
+        renewed_later,
+        "the owner's Lease is not being renewed over the management network\n{}",
+        agents.logs()
+    );
+    wait_for("status.announcer to move", 10 * SECOND, || {
+        (announcer(cp, &allocation).as_deref() == Some(second.as_str())).then_some(())
+    });
+
+    // Carrier back: eth0 counts again and the address stays reachable.
+    net.set_lan_port(&owner, true);
+    wait_for("eth0 back in the owner's Lease", 10 * SECOND, || {
+        lab.lease(&owner)
+            .0
+            .split(',')
+            .any(|i| i == "eth0")
+            .then_some(())
+    });
+    wait_for("the client to reach the address", 20 * SECOND, || {
+        net.run_in("client", move || probe(vip, Duration::from_millis(300)))
+    });
+    assert_no_forbidden(&agents.logs);
+    vipam.assert_no_forbidden();
 }

@@ -43,7 +43,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -53,6 +55,7 @@ use super::iface::Interface;
 use super::links::{LinkWatch, NetState};
 use super::packet::{self, MacAddr, NdpKind, Payload};
 use super::rawsock::{MldGroups, PACKET_OUTGOING, RawSocket};
+use crate::core::category::Category;
 use crate::core::ownership::AnnounceMode;
 
 /// When the repeated announcements after a gain go out, counted from the gain.
@@ -93,9 +96,8 @@ pub enum NetError {
     Stopped,
 }
 
-impl NetError {
-    /// A short, stable label for metrics.
-    pub fn category(&self) -> &'static str {
+impl Category for NetError {
+    fn category(&self) -> &'static str {
         match self {
             NetError::Netlink { .. } => "netlink",
             NetError::Socket { .. } => "socket",
@@ -141,8 +143,22 @@ pub struct NetCounters {
     pub yielded: Counter,
     /// Enforcement repairs: our addresses re-added or stale ones removed.
     pub repairs: Counter,
-    /// Data-plane errors (failed sends, netlink errors during enforcement).
-    pub errors: Counter,
+    /// Data-plane errors by category: `netlink`, `socket`, `state`, `stopped` (a
+    /// [`NetError`]), `send` and `receive` (a frame could not be sent or received).
+    pub errors: Family<ErrorLabel, Counter>,
+}
+
+/// Labels of `vipam_agent_net_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub category: &'static str,
+}
+
+impl NetCounters {
+    /// Counts one data-plane error of `category` (a static, bounded label).
+    pub fn error(&self, category: &'static str) {
+        self.errors.get_or_create(&ErrorLabel { category }).inc();
+    }
 }
 
 /// One address as announced now.
@@ -482,7 +498,7 @@ async fn engine(
                     st.yielded.clear();
                     let desired = st.desired.clone();
                     if let Err(e) = st.apply(&shared, desired) {
-                        shared.counters.errors.inc();
+                        shared.counters.error(e.category());
                         tracing::warn!(error = %e, "re-taking addresses after yielding");
                     }
                     st.publish(&shared);
@@ -621,7 +637,7 @@ impl State {
         }
         match first_error {
             Some(e) => {
-                shared.counters.errors.inc();
+                shared.counters.error(e.category());
                 Err(e)
             }
             None => Ok(()),
@@ -877,13 +893,13 @@ impl State {
     /// One enforcement pass: interfaces, then addresses.
     fn enforce(&mut self, shared: &Arc<Shared>) {
         if let Err(e) = self.activate_pending(shared) {
-            shared.counters.errors.inc();
+            shared.counters.error(e.category());
             tracing::warn!(error = %e, "enforcement: activating addresses");
         }
         if self.cleaned_up
             && let Err(e) = self.enforce_addresses(shared)
         {
-            shared.counters.errors.inc();
+            shared.counters.error(e.category());
             tracing::warn!(error = %e, "enforcement: addresses");
         }
         self.close_unused_links();
@@ -1002,7 +1018,7 @@ impl State {
         shared.counters.yielded.inc();
         self.yielded.insert(ip);
         if let Err(e) = self.deactivate(shared, ip, &held) {
-            shared.counters.errors.inc();
+            shared.counters.error(e.category());
             tracing::warn!(%ip, error = %e, "removing a yielded address");
         }
         if let Err(e) = self.addrs.flush() {
@@ -1052,7 +1068,7 @@ fn announce(
             shared.counters.gratuitous.inc();
         }
         Err(e) => {
-            shared.counters.errors.inc();
+            shared.counters.error("send");
             tracing::warn!(%ip, interface = %ifname, error = %e, "sending gratuitous announcement");
         }
     };
@@ -1077,7 +1093,7 @@ async fn reader(
         let received = match socket.recv(&mut buf).await {
             Ok(r) => r,
             Err(e) => {
-                shared.counters.errors.inc();
+                shared.counters.error("receive");
                 tracing::warn!(interface = %ifname, error = %e, "raw socket receive failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -1106,7 +1122,7 @@ async fn reader(
                             shared.counters.arp_replies.inc();
                         }
                         Err(e) => {
-                            shared.counters.errors.inc();
+                            shared.counters.error("send");
                             tracing::debug!(interface = %ifname, error = %e, "sending ARP reply");
                         }
                     }
@@ -1121,7 +1137,7 @@ async fn reader(
                                 shared.counters.ndp_replies.inc();
                             }
                             Err(e) => {
-                                shared.counters.errors.inc();
+                                shared.counters.error("send");
                                 tracing::debug!(interface = %ifname, error = %e, "sending neighbour advertisement");
                             }
                         }

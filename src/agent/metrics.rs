@@ -109,15 +109,15 @@ impl AgentMetrics {
                 "Enforcement repairs: addresses of ours re-added or stale ones removed",
                 &net.repairs,
             ),
-            (
-                "net_errors",
-                "Data-plane errors (failed sends, netlink errors)",
-                &net.errors,
-            ),
         ];
         for (name, help, counter) in net_counters {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "net_errors",
+            "Data-plane errors by category (netlink, socket, state, send, receive)",
+            net.errors.clone(),
+        );
         AgentMetrics {
             registry,
             owned_addresses,

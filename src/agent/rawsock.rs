@@ -25,6 +25,9 @@ const BPF_JEQ_K: u16 = 0x15;
 const BPF_RET_K: u16 = 0x06;
 /// Ancillary load of the packet type (SKF_AD_OFF + SKF_AD_PKTTYPE).
 const SKF_AD_PKTTYPE: u32 = 0xffff_f000 + 4;
+/// Ancillary load: 1 when the frame carried a VLAN tag, which the kernel stripped before
+/// packet sockets see it (SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT).
+const SKF_AD_VLAN_TAG_PRESENT: u32 = 0xffff_f000 + 48;
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -39,26 +42,32 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// The filter: drop our own outgoing frames; accept ethertype ARP; accept IPv6 whose next
-/// header is ICMPv6 with type 135 or 136; drop everything else. Offsets assume an untagged
-/// Ethernet frame (VLAN tags are stripped by the kernel before packet sockets see them).
+/// The filter: drop our own outgoing frames; drop frames that carried a VLAN tag (on a
+/// trunk, the parent interface's socket also sees its VLANs' frames, tag stripped: they belong
+/// to other LANs, and answering them untagged would answer on the wrong one); accept ethertype
+/// ARP; accept IPv6 whose next header is ICMPv6 with type 135 or 136; drop everything else.
+/// Offsets are those of an untagged Ethernet frame (a tag still in the frame leaves 0x8100 at
+/// offset 12, which is dropped).
 pub fn filter_program() -> Vec<libc::sock_filter> {
     const ACCEPT: u32 = 0x0004_0000;
     vec![
         /* 0 */ stmt(BPF_LD_B_ABS, SKF_AD_PKTTYPE),
-        /* 1 */ jump(BPF_JEQ_K, u32::from(PACKET_OUTGOING), 8, 0), // -> 10 drop
-        /* 2 */ stmt(BPF_LD_H_ABS, 12),
-        /* 3 */ jump(BPF_JEQ_K, u32::from(ETHERTYPE_ARP), 5, 0), // -> 9 accept
-        /* 4 */ jump(BPF_JEQ_K, u32::from(ETHERTYPE_IPV6), 0, 5), // -> 10 drop
-        /* 5 */ stmt(BPF_LD_B_ABS, 14 + 6),
-        /* 6 */ jump(BPF_JEQ_K, u32::from(IPPROTO_ICMPV6), 0, 3), // -> 10 drop
-        /* 7 */ stmt(BPF_LD_B_ABS, 14 + 40),
-        /* 8 */ jump(BPF_JEQ_K, u32::from(ICMPV6_NEIGHBOR_SOLICIT), 0, 2), // -> 9 / 11
-        /* 9 */ stmt(BPF_RET_K, ACCEPT),
-        /* 10 */ stmt(BPF_RET_K, 0),
-        /* 11 */ jump(BPF_JEQ_K, u32::from(ICMPV6_NEIGHBOR_ADVERT), 0, 1), // -> 12 / 13
-        /* 12 */ stmt(BPF_RET_K, ACCEPT),
-        /* 13 */ stmt(BPF_RET_K, 0),
+        /* 1 */ jump(BPF_JEQ_K, u32::from(PACKET_OUTGOING), 10, 0), // -> 12 drop
+        /* 2 */ stmt(BPF_LD_B_ABS, SKF_AD_VLAN_TAG_PRESENT),
+        /* 3 */ jump(BPF_JEQ_K, 0, 0, 8), // tagged -> 12 drop
+        /* 4 */ stmt(BPF_LD_H_ABS, 12),
+        /* 5 */ jump(BPF_JEQ_K, u32::from(ETHERTYPE_ARP), 5, 0), // -> 11 accept
+        /* 6 */ jump(BPF_JEQ_K, u32::from(ETHERTYPE_IPV6), 0, 5), // -> 12 drop
+        /* 7 */ stmt(BPF_LD_B_ABS, 14 + 6),
+        /* 8 */ jump(BPF_JEQ_K, u32::from(IPPROTO_ICMPV6), 0, 3), // -> 12 drop
+        /* 9 */ stmt(BPF_LD_B_ABS, 14 + 40),
+        /* 10 */
+        jump(BPF_JEQ_K, u32::from(ICMPV6_NEIGHBOR_SOLICIT), 0, 2), // -> 11 / 13
+        /* 11 */ stmt(BPF_RET_K, ACCEPT),
+        /* 12 */ stmt(BPF_RET_K, 0),
+        /* 13 */ jump(BPF_JEQ_K, u32::from(ICMPV6_NEIGHBOR_ADVERT), 0, 1), // -> 14 / 15
+        /* 14 */ stmt(BPF_RET_K, ACCEPT),
+        /* 15 */ stmt(BPF_RET_K, 0),
     ]
 }
 
@@ -292,13 +301,15 @@ mod tests {
 
     /// Runs the classic BPF program the way the kernel does for the subset of instructions
     /// it uses, so the jump offsets are checked without a socket.
-    fn run(program: &[libc::sock_filter], frame: &[u8], pkttype: u8) -> u32 {
+    /// `vlan`: the frame carried a VLAN tag (stripped; only the metadata says so).
+    fn run(program: &[libc::sock_filter], frame: &[u8], pkttype: u8, vlan: bool) -> u32 {
         let mut pc = 0usize;
         let mut acc: u32 = 0;
         loop {
             let ins = program[pc];
             match ins.code {
                 BPF_LD_B_ABS if ins.k == SKF_AD_PKTTYPE => acc = u32::from(pkttype),
+                BPF_LD_B_ABS if ins.k == SKF_AD_VLAN_TAG_PRESENT => acc = u32::from(vlan),
                 BPF_LD_B_ABS => match frame.get(ins.k as usize) {
                     Some(b) => acc = u32::from(*b),
                     None => return 0,
@@ -328,6 +339,11 @@ mod tests {
         udp[14 + 6] = 17;
         let mut ipv4 = gratuitous_arp(mac, "192.0.2.1".parse().unwrap());
         ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
+        // A tag still in the frame (not stripped, or the inner tag of QinQ).
+        let plain = gratuitous_arp(mac, "192.0.2.1".parse().unwrap());
+        let mut in_frame_tag = plain[..12].to_vec();
+        in_frame_tag.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+        in_frame_tag.extend_from_slice(&plain[12..]);
         let host = libc::PACKET_HOST;
         let cases: Vec<(&str, Vec<u8>, u8, bool)> = vec![
             (
@@ -348,10 +364,17 @@ mod tests {
             ("udp", udp, host, false),
             ("ipv4", ipv4, host, false),
             ("runt", vec![0; 10], host, false),
+            ("tag in the frame", in_frame_tag, host, false),
         ];
         let program = filter_program();
         for (name, frame, pkttype, accept) in cases {
-            assert_eq!(run(&program, &frame, pkttype) != 0, accept, "{name}");
+            assert_eq!(run(&program, &frame, pkttype, false) != 0, accept, "{name}");
+            // The same frame from a VLAN (tag stripped by the kernel) is never accepted.
+            assert_eq!(
+                run(&program, &frame, pkttype, true),
+                0,
+                "{name} from a VLAN"
+            );
         }
     }
 }

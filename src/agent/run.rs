@@ -36,6 +36,7 @@ use super::view::{
 use crate::admin::{self, Readiness};
 use crate::api::{IPAllocation, L2Announcement};
 use crate::cache::valid;
+use crate::core::category::Category;
 use crate::core::ownership::{self, AnnouncementRule, Liveness, NodeView};
 
 /// Field manager of the agent's writes.
@@ -60,7 +61,7 @@ pub enum AgentError {
     ControlPlane(#[from] ControlPlaneError),
 }
 
-impl crate::core::category::Category for AgentError {
+impl Category for AgentError {
     fn category(&self) -> &'static str {
         match self {
             AgentError::Connect(_) => "connect",

@@ -4,9 +4,16 @@
 //! Only the leader runs the reconcilers. Leadership is checked before every write and lapses
 //! on its own when the lease is not renewed in time: a leader that cannot renew stops writing
 //! at once, before anyone else may take the lease over.
+//!
+//! Expiry of another replica's lease is judged by this replica's own clock, with the rule the
+//! agents use ([`crate::core::ownership::Liveness`]): the lease is live while it changed (a new
+//! resourceVersion) less than its duration ago *as seen from here*. The renewTime another
+//! replica wrote is never compared with the local clock, so clock skew between nodes cannot
+//! make a standby take over from a leader that is still renewing. The cost: a standby that
+//! starts after the leader died waits one lease duration from its first look at the lease.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -20,6 +27,7 @@ use super::clock::SharedClock;
 use super::reconcile::FIELD_MANAGER;
 use crate::api::post_params;
 use crate::core::category::Category;
+use crate::core::ownership::Liveness;
 
 /// Name of the controller's Lease.
 pub const LEASE_NAME: &str = "vipam-controller";
@@ -113,6 +121,8 @@ pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     gate: LeaderGate,
+    /// When this replica saw the lease change, by its own clock.
+    observed: Mutex<Liveness>,
 }
 
 impl Elector {
@@ -121,6 +131,7 @@ impl Elector {
             api: Api::namespaced(client, &config.namespace),
             config,
             gate,
+            observed: Mutex::new(Liveness::default()),
         }
     }
 
@@ -178,10 +189,15 @@ impl Elector {
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let mine = holder == self.config.identity;
-        let renewed = spec.renew_time.as_ref().map_or(0, |t| t.0.as_millisecond());
-        let held_for = spec.lease_duration_seconds.unwrap_or(0) as i64 * 1000;
-        let expired = renewed.saturating_add(held_for) <= now;
-        if !mine && !holder.is_empty() && !expired {
+        let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let seen_at = Duration::from_millis(now.max(0) as u64);
+        let live = {
+            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            observed.observe(name, &version, held_for, !holder.is_empty(), seen_at);
+            observed.is_live(name, seen_at)
+        };
+        if !mine && live {
             return Ok(false);
         }
         if !mine {

@@ -68,7 +68,23 @@ impl AgentLab {
     /// The LAN, the fake API at 192.0.2.5:6443 with three Nodes, and a server on every node.
     /// Agents are started with [`AgentLab::start_agent`].
     pub fn new(name: &str, flags: AgentFlags) -> AgentLab {
+        AgentLab::build(name, flags, false)
+    }
+
+    /// Like [`AgentLab::new`], with a management network (tests/netlab) between the nodes and
+    /// the `api` host, over which alone the agents reach the fake API (203.0.113.5:6443): a
+    /// node that loses its LAN keeps renewing its Lease.
+    pub fn with_management_network(name: &str, flags: AgentFlags) -> AgentLab {
+        AgentLab::build(name, flags, true)
+    }
+
+    fn build(name: &str, flags: AgentFlags, management: bool) -> AgentLab {
         let net = Netlab::standard();
+        if management {
+            let mut members = NODES.to_vec();
+            members.push("api");
+            net.add_management_network(&members);
+        }
         let dir = std::env::temp_dir().join(format!(
             "vipam-agentlab-{name}-{}-{}",
             std::process::id(),
@@ -79,7 +95,12 @@ impl AgentLab {
         let fake = FakeApi::new();
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
-        let api_addr: SocketAddr = (net.host("api").ipv4, 6443).into();
+        let api_ip = if management {
+            crate::netlab::mgmt_ipv4(net.host("api").number)
+        } else {
+            net.host("api").ipv4
+        };
+        let api_addr: SocketAddr = (api_ip, 6443).into();
         let served = fake.clone();
         let api_thread = net.thread_in("api", move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -45,6 +45,7 @@ use super::run::{self, AgentError, AnnouncerSource};
 use super::view::LEASE_DURATION_MS_ANNOTATION;
 use crate::admin::{self, MetricsText, Readiness, encode_registry};
 use crate::controller::parse_duration;
+use crate::core::category::Category;
 use crate::core::ownership::{AnnounceMode, Liveness};
 use election::{Health, Hold, Inputs, LeaseAction, LeaseView, VipState};
 use shares::{AnnouncerShares, Share};
@@ -132,7 +133,7 @@ pub enum ControlPlaneError {
     Client(#[source] kube::Error),
 }
 
-impl crate::core::category::Category for ControlPlaneError {
+impl Category for ControlPlaneError {
     fn category(&self) -> &'static str {
         match self {
             ControlPlaneError::Missing(_) | ControlPlaneError::NodeName(_) => "usage",
