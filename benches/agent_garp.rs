@@ -31,6 +31,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// Gains measured with duplicate address detection (each waits the probe window).
+const PROBED_GAINS: usize = 20;
+
 fn main() {
     let gains: usize = std::env::args()
         .skip(1)
@@ -111,6 +114,7 @@ fn main() {
             Target {
                 interface: "eth0".into(),
                 mode,
+                probe_first: false,
             },
         )]);
         let start = Instant::now();
@@ -127,9 +131,46 @@ fn main() {
             }
         }
     }
+    // Duplicate address detection: the same, with a probe before the first announcement (an
+    // address no node announced before). Nobody answers, so this is the probe's delay.
+    let mut probed = Vec::new();
+    for round in 0..PROBED_GAINS {
+        let addr = Ipv4Addr::new(198, 51, 100, 1 + (round % 250) as u8);
+        local.block_on(announcer.set(BTreeMap::new())).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        while garps.try_recv().is_ok() {}
+        let desired = BTreeMap::from([(
+            IpAddr::V4(addr),
+            Target {
+                interface: "eth0".into(),
+                mode: AnnounceMode::Arp,
+                probe_first: true,
+            },
+        )]);
+        let start = Instant::now();
+        local.block_on(announcer.set(desired)).unwrap();
+        loop {
+            let (at, got) = garps
+                .recv_timeout(Duration::from_secs(2))
+                .unwrap_or_else(|_| panic!("no gratuitous ARP for {addr} within 2 s"));
+            if got == addr {
+                probed.push(at - start);
+                break;
+            }
+        }
+    }
     local.block_on(announcer.shutdown()).unwrap();
     let _ = stop_tx.send(());
     node.join().unwrap();
+    probed.sort();
+    println!(
+        "agent_garp: {PROBED_GAINS} gains with a probe first (arp mode, nobody answers), set() -> gratuitous ARP: \
+         min {:?}, median {:?}, max {:?} (probe window {:?})",
+        probed[0],
+        percentile(&probed, 0.5),
+        probed[probed.len() - 1],
+        vipam::agent::announcer::PROBE_WAIT,
+    );
 
     samples.sort();
     set_returned.sort();

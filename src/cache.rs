@@ -177,7 +177,12 @@ impl Caches {
             writers.l2announcements,
             caches.generation.clone(),
         );
-        spawn_ledger_watch(client, caches.ledger.clone(), caches.ledger_synced.clone());
+        spawn_ledger_watch(
+            client,
+            caches.ledger.clone(),
+            caches.ledger_synced.clone(),
+            caches.generation.clone(),
+        );
         let _ = caches.pools.wait_until_ready().await;
         let _ = caches.l2announcements.wait_until_ready().await;
         while !caches.ledger_synced.load(Ordering::Acquire) {
@@ -225,7 +230,24 @@ fn spawn_reflector<K>(
     });
 }
 
-fn spawn_ledger_watch(client: Client, ledger: LiveLedger, synced: Arc<AtomicBool>) {
+/// What the agents report on an allocation (`status.announcer`, `status.conflict`): a change
+/// of it is reflected on the Services at once (a new cache generation wakes the controller).
+fn agent_report(
+    allocation: &IPAllocation,
+) -> Option<(
+    Option<crate::api::Announcer>,
+    Option<crate::api::AddressConflict>,
+)> {
+    let status = allocation.status.as_ref()?;
+    Some((status.announcer.clone(), status.conflict.clone()))
+}
+
+fn spawn_ledger_watch(
+    client: Client,
+    ledger: LiveLedger,
+    synced: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+) {
     let api: Api<DeserializeGuard<IPAllocation>> = Api::all(client);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     tokio::spawn(async move {
@@ -245,8 +267,21 @@ fn spawn_ledger_watch(client: Client, ledger: LiveLedger, synced: Arc<AtomicBool
                     state.end_relist();
                     synced.store(true, Ordering::Release);
                 }
-                watcher::Event::Apply(DeserializeGuard(Ok(object)))
-                | watcher::Event::InitApply(DeserializeGuard(Ok(object))) => state.apply(object),
+                watcher::Event::Apply(DeserializeGuard(Ok(object))) => {
+                    let before = object
+                        .spec
+                        .ip
+                        .parse::<std::net::IpAddr>()
+                        .ok()
+                        .and_then(|ip| state.objects.get(&ip))
+                        .map(agent_report);
+                    let after = agent_report(&object);
+                    state.apply(object);
+                    if before.is_some_and(|before| before != after) {
+                        generation.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                watcher::Event::InitApply(DeserializeGuard(Ok(object))) => state.apply(object),
                 watcher::Event::Delete(DeserializeGuard(Ok(object))) => {
                     state.delete(&object.name_any())
                 }

@@ -96,6 +96,7 @@ impl Agent {
                     Target {
                         interface: interface.to_string(),
                         mode: *mode,
+                        probe_first: false,
                     },
                 )
             })
@@ -735,6 +736,9 @@ fn yielding_drops_an_address_claimed_by_another_node() {
     let lab = Netlab::new(&[("node1", 11), ("node2", 12), ("client", 100)]);
     let other = MacAddr(lab.host("node2").mac);
     let agent = Agent::start(&lab, "node1", Duration::from_secs(10));
+    // node2 is another agent of the cluster (its Lease lists its MAC): its announcements are
+    // takeovers, not conflicts.
+    agent.a().set_known_macs([other].into_iter().collect());
     agent.set(&[
         ("192.0.2.61", "eth0", ARP),
         ("192.0.2.62", "eth0", ADDR),
@@ -788,6 +792,9 @@ fn wait_claimed_by_others_reports_the_new_owners_announcements() {
     let lab = Netlab::new(&[("node1", 11), ("node2", 12)]);
     let other = MacAddr(lab.host("node2").mac);
     let agent = Agent::start(&lab, "node1", Duration::from_secs(10));
+    // node2 is another agent of the cluster (its Lease lists its MAC): its announcements are
+    // takeovers, not conflicts.
+    agent.a().set_known_macs([other].into_iter().collect());
     agent.set(&[
         ("192.0.2.63", "eth0", ARP),
         ("2001:db8:1::63", "eth0", ARP),
@@ -878,6 +885,7 @@ fn a_blocked_engine_neither_stalls_answers_nor_the_callers_runtime() {
                 Target {
                     interface: "eth0".into(),
                     mode: ARP,
+                    probe_first: false,
                 },
             ),
             (
@@ -885,6 +893,7 @@ fn a_blocked_engine_neither_stalls_answers_nor_the_callers_runtime() {
                 Target {
                     interface: "eth0".into(),
                     mode: AnnounceMode::Address,
+                    probe_first: false,
                 },
             ),
         ]);
@@ -1005,4 +1014,182 @@ fn frames_of_other_vlans_are_neither_answered_nor_claims() {
             arp > before.0 && ndp > before.1 && claims >= before.2 + 2
         },
     );
+}
+
+impl Agent {
+    /// Like [`Agent::set`], probing the LAN before each address's first announcement.
+    fn set_probing(&self, desired: &[(&str, &str, AnnounceMode)]) {
+        let map: BTreeMap<IpAddr, Target> = desired
+            .iter()
+            .map(|(addr, interface, mode)| {
+                (
+                    ip(addr),
+                    Target {
+                        interface: interface.to_string(),
+                        mode: *mode,
+                        probe_first: true,
+                    },
+                )
+            })
+            .collect();
+        self.rt.block_on(self.a().set(map)).expect("set");
+    }
+
+    fn conflicts(&self) -> Vec<(IpAddr, String)> {
+        self.a()
+            .conflicts()
+            .into_iter()
+            .map(|c| (c.ip, c.mac.to_string()))
+            .collect()
+    }
+}
+
+/// Duplicate address detection before the first announcement: an address another host on the
+/// LAN already holds (IPv4 and IPv6) is probed, found in use and not announced, while a free
+/// one is announced after the probe; once the other host lets go, the next recheck announces
+/// it.
+#[test]
+fn an_address_another_host_holds_is_not_announced_until_it_lets_go() {
+    let lab = Netlab::new(&[("node1", 11), ("other", 12), ("client", 100)]);
+    let node_mac = lab.host("node1").mac_string();
+    let other_mac = lab.host("other").mac_string();
+    lab.exec_ok(
+        "other",
+        "ip",
+        &["addr", "add", "192.0.2.81/32", "dev", "eth0"],
+    );
+    lab.exec_ok(
+        "other",
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::81/128",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    let agent = Agent::start(&lab, "node1", Duration::from_secs(10));
+    let started = Instant::now();
+    agent.set_probing(&[
+        ("192.0.2.81", "eth0", ARP),
+        ("2001:db8:1::81", "eth0", ARP),
+        ("192.0.2.82", "eth0", ARP),
+    ]);
+    // Nothing is announced during the probe.
+    assert!(agent.announced().is_empty(), "{:?}", agent.announced());
+    eventually(Duration::from_secs(3), "the free address announced", || {
+        agent.announced() == vec![ip("192.0.2.82")]
+    });
+    let probe_delay = started.elapsed();
+    assert!(
+        probe_delay >= vipam::agent::announcer::PROBE_WAIT,
+        "announced before the probe ended ({probe_delay:?})"
+    );
+    eventually(Duration::from_secs(2), "both conflicts found", || {
+        agent.conflicts().len() == 2
+    });
+    let mut conflicts = agent.conflicts();
+    conflicts.sort();
+    assert_eq!(
+        conflicts,
+        vec![
+            (ip("192.0.2.81"), other_mac.clone()),
+            (ip("2001:db8:1::81"), other_mac.clone())
+        ]
+    );
+    assert_eq!(agent.counters.conflicts.get(), 2);
+    // Only the other host answers for it; this node keeps quiet.
+    assert_eq!(
+        arping(&lab, "client", "192.0.2.81").as_deref(),
+        Some(other_mac.as_str())
+    );
+    assert_eq!(
+        arping(&lab, "client", "192.0.2.82").as_deref(),
+        Some(node_mac.as_str())
+    );
+
+    // The other host lets go: the next recheck finds nobody and announces.
+    lab.exec_ok(
+        "other",
+        "ip",
+        &["addr", "del", "192.0.2.81/32", "dev", "eth0"],
+    );
+    lab.exec_ok(
+        "other",
+        "ip",
+        &["-6", "addr", "del", "2001:db8:1::81/128", "dev", "eth0"],
+    );
+    eventually(
+        vipam::agent::announcer::CONFLICT_RECHECK + Duration::from_secs(3),
+        "the addresses announced after the conflict ended",
+        || agent.announced().len() == 3,
+    );
+    assert!(agent.conflicts().is_empty());
+    assert_eq!(
+        arping(&lab, "client", "192.0.2.81").as_deref(),
+        Some(node_mac.as_str())
+    );
+}
+
+/// While announcing: a gratuitous ARP for one of our addresses from a MAC that is no agent's
+/// is a conflict (the address is withdrawn and reported); the same from a known agent's MAC is
+/// a takeover in progress, not a conflict.
+#[test]
+fn another_host_announcing_our_address_is_a_conflict_but_an_agent_is_not() {
+    let lab = Netlab::new(&[("node1", 11), ("node2", 12), ("other", 13), ("client", 100)]);
+    let agent_mac = MacAddr(lab.host("node2").mac);
+    let other_mac = MacAddr(lab.host("other").mac);
+    let agent = Agent::start(&lab, "node1", Duration::from_secs(10));
+    agent.set(&[("192.0.2.83", "eth0", ARP), ("192.0.2.84", "eth0", ADDR)]);
+    agent.a().set_known_macs([agent_mac].into_iter().collect());
+    let v4 = |s: &str| s.parse().unwrap();
+
+    send_from(
+        &lab,
+        "node2",
+        vec![packet::gratuitous_arp(agent_mac, v4("192.0.2.83"))],
+    );
+    eventually(Duration::from_secs(1), "the claim seen", || {
+        agent.counters.claims_seen.get() >= 1
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        agent.announced().len(),
+        2,
+        "an agent's claim was taken for a conflict"
+    );
+    assert!(agent.conflicts().is_empty());
+
+    send_from(
+        &lab,
+        "other",
+        vec![
+            packet::gratuitous_arp(other_mac, v4("192.0.2.83")),
+            packet::gratuitous_arp(other_mac, v4("192.0.2.84")),
+        ],
+    );
+    eventually(Duration::from_secs(2), "both addresses withdrawn", || {
+        agent.announced().is_empty()
+    });
+    let mut conflicts = agent.conflicts();
+    conflicts.sort();
+    assert_eq!(
+        conflicts,
+        vec![
+            (ip("192.0.2.83"), other_mac.to_string()),
+            (ip("192.0.2.84"), other_mac.to_string())
+        ]
+    );
+    // Address mode: the address left the interface.
+    assert!(!addrs(&lab, "node1", "eth0").contains("192.0.2.84/32"));
+    // Nothing else claims them: the recheck announces them again.
+    eventually(
+        vipam::agent::announcer::CONFLICT_RECHECK + Duration::from_secs(3),
+        "the addresses announced again",
+        || agent.announced().len() == 2,
+    );
+    assert!(agent.conflicts().is_empty());
 }

@@ -401,3 +401,109 @@ fn carrier_loss_on_the_owners_lan_moves_the_address_at_once() {
     assert_no_forbidden(&agents.logs);
     vipam.assert_no_forbidden();
 }
+
+/// The condition `type_` of an object as JSON: (status, reason, message).
+fn condition(object: &serde_json::Value, type_: &str) -> Option<(String, String, String)> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (text("status"), text("reason"), text("message"))
+        })
+}
+
+/// Duplicate address detection end to end: a host on the LAN already holds the address a
+/// Service pins. The owner's agent probes before announcing, finds it in use and does not
+/// announce; the IPAllocation and the Service say so (condition naming the other MAC and the
+/// interface, Announced=False with reason AddressConflict, an Event). When the host lets go, the
+/// agent's recheck announces the address and the reports clear.
+#[test]
+fn an_address_in_use_on_the_lan_is_reported_and_recovers() {
+    let lab = Lab::start(false);
+    let vipam = lab.install();
+    let agents = lab.start_agents();
+    let (net, cp) = (&lab.net, &lab.cp);
+    let vip: IpAddr = "192.0.2.202".parse().unwrap();
+    add_vip_on_nodes(net, vip);
+    let squatter = net.host("client").mac_string();
+    net.exec_ok(
+        "client",
+        "ip",
+        &["addr", "add", "192.0.2.202/32", "dev", "eth0"],
+    );
+
+    let service = service_yaml(
+        "default",
+        "web",
+        &[("vipam.io/ips", "192.0.2.202")],
+        &[(agentlab::SERVICE_PORT, "TCP")],
+    );
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &service);
+    assert!(out.status.success(), "Service: {}", describe(&out));
+    let allocation = agentlab::allocation_name(vip);
+
+    let (status, reason, message) =
+        wait_for("the IPAllocation's conflict condition", 30 * SECOND, || {
+            let object = get_json(cp, &["get", "ipallocation", &allocation]);
+            condition(&object, "vipam.io/AddressConflict").filter(|(s, _, _)| s == "True")
+        });
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "AddressConflict")
+    );
+    assert!(
+        message.contains(&squatter) && message.contains("eth0"),
+        "the condition does not name the MAC and the interface: {message}"
+    );
+    let object = get_json(cp, &["get", "ipallocation", &allocation]);
+    assert_eq!(object["status"]["conflict"]["mac"], squatter.as_str());
+    assert!(
+        object["status"]["announcer"].is_null(),
+        "announced although in conflict: {object}"
+    );
+    let (_, reason, message) = wait_for("the Service's Announced condition", 30 * SECOND, || {
+        let svc = get_json(cp, &["get", "service", "-n", "default", "web"]);
+        condition(&svc, "vipam.io/Announced")
+            .filter(|(s, r, _)| s == "False" && r == "AddressConflict")
+    });
+    assert_eq!(reason, "AddressConflict");
+    assert!(message.contains(&squatter), "{message}");
+    wait_for("the AddressConflict Event", 30 * SECOND, || {
+        let events = get_json(cp, &["get", "events.events.k8s.io", "-n", "default"]);
+        events["items"]
+            .as_array()
+            .is_some_and(|items| {
+                items
+                    .iter()
+                    .any(|e| e["reason"] == "AddressConflict" && e["regarding"]["name"] == "web")
+            })
+            .then_some(())
+    });
+
+    // The host lets go: the recheck announces the address and everything clears.
+    net.exec_ok(
+        "client",
+        "ip",
+        &["addr", "del", "192.0.2.202/32", "dev", "eth0"],
+    );
+    let answered = wait_for("the client to reach the address", 30 * SECOND, || {
+        net.run_in("client", move || probe(vip, Duration::from_millis(300)))
+    });
+    wait_for("the conflict cleared", 20 * SECOND, || {
+        let object = get_json(cp, &["get", "ipallocation", &allocation]);
+        let cleared = object["status"]["conflict"].is_null()
+            && object["status"]["announcer"]["node"] == answered.as_str()
+            && condition(&object, "vipam.io/AddressConflict").is_some_and(|(s, _, _)| s == "False");
+        cleared.then_some(())
+    });
+    wait_for("the Service announced", 20 * SECOND, || {
+        let svc = get_json(cp, &["get", "service", "-n", "default", "web"]);
+        condition(&svc, "vipam.io/Announced")
+            .is_some_and(|(s, _, _)| s == "True")
+            .then_some(())
+    });
+    assert_no_forbidden(&agents.logs);
+    vipam.assert_no_forbidden();
+}

@@ -108,11 +108,50 @@ impl Category for NetError {
 }
 
 /// Where and how one address is announced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Target {
     /// Interface name (resolved to an index when used; may appear later).
     pub interface: String,
     pub mode: AnnounceMode,
+    /// Probe the LAN for another host using the address before announcing it the first time
+    /// (duplicate address detection). The caller sets it when no node of the cluster has
+    /// announced the address before; a takeover from another node is not delayed. A hint for
+    /// the first activation only: two targets that differ in it alone are equal.
+    pub probe_first: bool,
+}
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        self.interface == other.interface && self.mode == other.mode
+    }
+}
+
+impl Eq for Target {}
+
+/// Duplicate address detection: probes go out at these offsets from the start of a probe...
+pub const PROBES: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+];
+
+/// ...and an address nobody else answered for is announced this long after the first probe.
+/// It delays only the first announcement of an address that no node of the cluster announced
+/// before (see [`Target::probe_first`]).
+pub const PROBE_WAIT: Duration = Duration::from_millis(300);
+
+/// An address in conflict is probed again this often; it is announced once nobody answers.
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
+
+/// Another host on the LAN uses one of this node's addresses, so the node does not announce it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub ip: IpAddr,
+    pub interface: String,
+    /// The other host's MAC.
+    pub mac: MacAddr,
+    /// When the conflict was first seen.
+    pub since: SystemTime,
 }
 
 /// Timings and paths.
@@ -143,6 +182,9 @@ pub struct NetCounters {
     pub yielded: Counter,
     /// Enforcement repairs: our addresses re-added or stale ones removed.
     pub repairs: Counter,
+    /// Addresses found in use by another host on the LAN (probe answered, or announced by a
+    /// MAC that is no agent's).
+    pub conflicts: Counter,
     /// Data-plane errors by category: `netlink`, `socket`, `state`, `stopped` (a
     /// [`NetError`]), `send` and `receive` (a frame could not be sent or received).
     pub errors: Family<ErrorLabel, Counter>,
@@ -184,6 +226,7 @@ enum Command {
         desired: BTreeMap<IpAddr, Target>,
         done: oneshot::Sender<Result<(), NetError>>,
     },
+    KnownMacs(BTreeSet<MacAddr>),
     StopYielding,
     Shutdown {
         done: oneshot::Sender<Result<(), NetError>>,
@@ -197,8 +240,9 @@ struct Shared {
     table: Mutex<Table>,
     yield_to_others: AtomicBool,
     claimed: Notify,
-    /// Addresses another MAC announced while yielding: the engine drops them.
-    yields: mpsc::UnboundedSender<(IpAddr, MacAddr)>,
+    /// Another MAC announced or answered for an address that is active or being probed: the
+    /// engine decides (yield, conflict, or nothing).
+    claims: mpsc::UnboundedSender<(IpAddr, MacAddr)>,
     counters: NetCounters,
     config: AnnouncerConfig,
 }
@@ -213,8 +257,11 @@ impl Shared {
 #[derive(Debug, Default)]
 struct Table {
     active: HashMap<IpAddr, Entry>,
+    /// Addresses being probed before their first announcement: (ifindex, our MAC).
+    probing: HashMap<IpAddr, (u32, MacAddr)>,
     /// Last claim by another MAC seen for each address.
     claims: HashMap<IpAddr, (Instant, MacAddr)>,
+    conflicts: Vec<Conflict>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +305,23 @@ struct Held {
 }
 
 #[derive(Debug)]
+struct Probing {
+    ifindex: u32,
+    interface: String,
+    mac: MacAddr,
+    started: Instant,
+    sent: usize,
+}
+
+#[derive(Debug)]
+struct ConflictState {
+    interface: String,
+    mac: MacAddr,
+    since: SystemTime,
+    recheck_at: Instant,
+}
+
+#[derive(Debug)]
 struct Active {
     ifindex: u32,
     mac: MacAddr,
@@ -284,6 +348,12 @@ struct State {
     /// Interfaces reported missing, so the warning is logged once per disappearance.
     missing: BTreeSet<String>,
     cleaned_up: bool,
+    /// Addresses being probed before they are announced.
+    probing: BTreeMap<IpAddr, Probing>,
+    /// Addresses another host uses: not announced, probed again at `recheck_at`.
+    conflicts: BTreeMap<IpAddr, ConflictState>,
+    /// MACs of the cluster's agents: their announcements are takeovers, not conflicts.
+    known_macs: BTreeSet<MacAddr>,
     /// The node's links, from the link watcher.
     net: watch::Receiver<Arc<NetState>>,
     /// The caller's runtime: the readers run there, apart from the engine's netlink calls.
@@ -300,12 +370,12 @@ impl Announcer {
         counters: NetCounters,
     ) -> Result<Announcer, NetError> {
         let links = LinkWatch::start().await?;
-        let (yields, yields_rx) = mpsc::unbounded_channel();
+        let (claims, claims_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::default()),
             yield_to_others: AtomicBool::new(false),
             claimed: Notify::new(),
-            yields,
+            claims,
             counters,
             config,
         });
@@ -355,13 +425,16 @@ impl Announcer {
                     yielded: BTreeSet::new(),
                     missing: BTreeSet::new(),
                     cleaned_up: false,
+                    probing: BTreeMap::new(),
+                    conflicts: BTreeMap::new(),
+                    known_macs: BTreeSet::new(),
                     net,
                     readers,
                 };
                 if ready_tx.send(Ok(())).is_err() {
                     return;
                 }
-                runtime.block_on(engine(engine_shared, state, rx, yields_rx));
+                runtime.block_on(engine(engine_shared, state, rx, claims_rx));
             })
             .map_err(|e| NetError::Netlink {
                 op: "start the announcer thread",
@@ -373,6 +446,17 @@ impl Announcer {
             commands,
             links,
         })
+    }
+
+    /// The MACs of the cluster's agents (from their Leases). Another MAC announcing or
+    /// answering for one of this node's addresses is a conflict; one of these is a takeover.
+    pub fn set_known_macs(&self, macs: BTreeSet<MacAddr>) {
+        let _ = self.commands.send(Command::KnownMacs(macs));
+    }
+
+    /// Addresses this node does not announce because another host on the LAN uses them.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        self.shared.table().conflicts.clone()
     }
 
     /// The node's links as the announcer sees them (see [`LinkWatch`]).
@@ -471,7 +555,7 @@ async fn engine(
     shared: Arc<Shared>,
     mut st: State,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    mut yields: mpsc::UnboundedReceiver<(IpAddr, MacAddr)>,
+    mut claims: mpsc::UnboundedReceiver<(IpAddr, MacAddr)>,
 ) {
     let resync = shared.config.resync;
     let mut next_resync = tokio::time::Instant::now() + resync;
@@ -480,7 +564,7 @@ async fn engine(
     let mut events_ok = true;
     loop {
         let mut deadline = next_resync;
-        if let Some(t) = st.next_announce().map(tokio::time::Instant::from_std) {
+        if let Some(t) = st.next_timer().map(tokio::time::Instant::from_std) {
             deadline = deadline.min(t);
         }
         if let Some(t) = pending_event {
@@ -494,6 +578,7 @@ async fn engine(
                     st.publish(&shared);
                     let _ = done.send(result);
                 }
+                Some(Command::KnownMacs(macs)) => st.known_macs = macs,
                 Some(Command::StopYielding) => {
                     st.yielded.clear();
                     let desired = st.desired.clone();
@@ -510,8 +595,8 @@ async fn engine(
                     break;
                 }
             },
-            Some((ip, by)) = yields.recv() => {
-                st.yield_address(&shared, ip, by);
+            Some((ip, by)) = claims.recv() => {
+                st.on_claim(&shared, ip, by);
                 st.publish(&shared);
             }
             changed = net.changed(), if events_ok => {
@@ -530,6 +615,9 @@ async fn engine(
                     st.publish(&shared);
                 }
                 st.announce_due(&shared, Instant::now());
+                if st.probes_due(&shared, Instant::now()) {
+                    st.publish(&shared);
+                }
             }
         }
     }
@@ -559,7 +647,24 @@ impl State {
                 })
             })
             .collect();
+        let probing: HashMap<IpAddr, (u32, MacAddr)> = self
+            .probing
+            .iter()
+            .map(|(ip, p)| (*ip, (p.ifindex, p.mac)))
+            .collect();
+        let conflicts: Vec<Conflict> = self
+            .conflicts
+            .iter()
+            .map(|(ip, c)| Conflict {
+                ip: *ip,
+                interface: c.interface.clone(),
+                mac: c.mac,
+                since: c.since,
+            })
+            .collect();
         let mut table = shared.table();
+        table.probing = probing;
+        table.conflicts = conflicts;
         // Claims of addresses no longer held are kept for a while: a handover in progress may
         // still ask for them.
         table
@@ -568,11 +673,18 @@ impl State {
         table.active = active;
     }
 
-    fn next_announce(&self) -> Option<Instant> {
-        self.held
+    /// The next announcement, probe, end of a probe, or conflict recheck.
+    fn next_timer(&self) -> Option<Instant> {
+        let announces = self
+            .held
             .values()
-            .filter_map(|h| h.active.as_ref().map(|a| a.next_announce))
-            .min()
+            .filter_map(|h| h.active.as_ref().map(|a| a.next_announce));
+        let probes = self.probing.values().map(|p| match PROBES.get(p.sent) {
+            Some(offset) => p.started + *offset,
+            None => p.started + PROBE_WAIT,
+        });
+        let rechecks = self.conflicts.values().map(|c| c.recheck_at);
+        announces.chain(probes).chain(rechecks).min()
     }
 
     fn wanted(&self) -> BTreeMap<IpAddr, Target> {
@@ -599,6 +711,8 @@ impl State {
             .map(|(ip, _)| *ip)
             .collect();
         for ip in lost {
+            self.probing.remove(&ip);
+            self.conflicts.remove(&ip);
             if let Some(held) = self.held.remove(&ip) {
                 tracing::info!(%ip, interface = %held.target.interface, mode = ?held.target.mode, "stopped announcing");
                 if let Err(e) = self.deactivate(shared, ip, &held) {
@@ -718,6 +832,21 @@ impl State {
                 continue;
             };
             self.missing.remove(&target.interface);
+            if self.probing.contains_key(&ip) {
+                continue; // announced when the probe ends
+            }
+            if let Some(conflict) = self.conflicts.get(&ip)
+                && Instant::now() < conflict.recheck_at
+            {
+                continue;
+            }
+            if target.probe_first || self.conflicts.contains_key(&ip) {
+                if let Err(e) = self.start_probe(shared, ip, interface, mac) {
+                    tracing::warn!(%ip, interface = %target.interface, error = %e, "could not probe");
+                    first_error.get_or_insert(e);
+                }
+                continue;
+            }
             if let Err(e) = self.activate(shared, ip, &target, interface, mac) {
                 tracing::warn!(%ip, interface = %target.interface, error = %e, "could not announce");
                 first_error.get_or_insert(e);
@@ -1002,11 +1131,180 @@ impl State {
         }
     }
 
-    /// Another MAC announced `ip` while yielding (seen by a reader): drop the address.
-    fn yield_address(&mut self, shared: &Arc<Shared>, ip: IpAddr, by: MacAddr) {
-        if !shared.yield_to_others.load(Ordering::SeqCst) {
+    /// Another MAC announced or answered for `ip` (seen by a reader). While yielding, an
+    /// active address is dropped (the new owner wins). Otherwise a MAC that is no agent's is
+    /// a conflict: a probe in progress fails, an active address stops being announced, and
+    /// either is probed again every [`CONFLICT_RECHECK`].
+    fn on_claim(&mut self, shared: &Arc<Shared>, ip: IpAddr, by: MacAddr) {
+        let active = self.held.get(&ip).is_some_and(|h| h.active.is_some());
+        if active && shared.yield_to_others.load(Ordering::SeqCst) {
+            self.yield_address(shared, ip, by);
             return;
         }
+        if self.known_macs.contains(&by) {
+            if active {
+                tracing::info!(%ip, by = %by, "another node announced one of our addresses");
+            }
+            return;
+        }
+        let probe = self.probing.remove(&ip);
+        let interface = match (&probe, self.held.get(&ip)) {
+            (Some(p), _) => p.interface.clone(),
+            (None, Some(h)) if h.active.is_some() => h.target.interface.clone(),
+            _ => return,
+        };
+        if active && let Some(held) = self.held.get_mut(&ip) {
+            let target = held.target.clone();
+            let active = held.active.take();
+            if let Some(active) = active {
+                let was = Held {
+                    target,
+                    active: Some(active),
+                };
+                if let Err(e) = self.deactivate(shared, ip, &was) {
+                    shared.counters.error(e.category());
+                    tracing::warn!(%ip, error = %e, "withdrawing an address in conflict");
+                }
+                if let Err(e) = self.addrs.flush() {
+                    tracing::warn!(error = %e, "writing the address record");
+                }
+            }
+        }
+        let now = Instant::now();
+        let since = self
+            .conflicts
+            .get(&ip)
+            .map_or_else(SystemTime::now, |c| c.since);
+        if !self.conflicts.contains_key(&ip) {
+            shared.counters.conflicts.inc();
+            tracing::warn!(%ip, %interface, other = %by,
+                "another host on the LAN uses this address: not announcing it; probing again every {}s",
+                CONFLICT_RECHECK.as_secs());
+        }
+        self.conflicts.insert(
+            ip,
+            ConflictState {
+                interface,
+                mac: by,
+                since,
+                recheck_at: now + CONFLICT_RECHECK,
+            },
+        );
+    }
+
+    /// Starts probing `ip` on `interface`: nothing is announced until [`PROBE_WAIT`] passed
+    /// without another host answering.
+    fn start_probe(
+        &mut self,
+        shared: &Arc<Shared>,
+        ip: IpAddr,
+        interface: &Interface,
+        mac: MacAddr,
+    ) -> Result<(), NetError> {
+        self.link(shared, interface, mac)?;
+        let mut probing = Probing {
+            ifindex: interface.index,
+            interface: interface.name.clone(),
+            mac,
+            started: Instant::now(),
+            sent: 0,
+        };
+        // Listen before asking, so no answer falls between the two.
+        let mut table = shared.table();
+        table.probing.insert(ip, (probing.ifindex, mac));
+        drop(table);
+        self.send_probe(shared, ip, &mut probing);
+        tracing::debug!(%ip, interface = %interface.name, "probing for another host using the address");
+        self.probing.insert(ip, probing);
+        Ok(())
+    }
+
+    fn send_probe(&self, shared: &Shared, ip: IpAddr, probing: &mut Probing) {
+        let frame = match ip {
+            IpAddr::V4(v4) => packet::arp_request(probing.mac, std::net::Ipv4Addr::UNSPECIFIED, v4),
+            IpAddr::V6(v6) => packet::neighbor_solicit(probing.mac, Ipv6Addr::UNSPECIFIED, v6),
+        };
+        probing.sent += 1;
+        match self.links.get(&probing.interface) {
+            Some(link) if link.index == probing.ifindex => {
+                if let Err(e) = link.socket.send(&frame) {
+                    shared.counters.error("send");
+                    tracing::warn!(%ip, interface = %probing.interface, error = %e, "sending a probe");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends the probes that are due, announces the addresses whose probe ended without an
+    /// answer, and starts probing again the conflicts due for a recheck. Returns whether
+    /// anything changed.
+    fn probes_due(&mut self, shared: &Arc<Shared>, now: Instant) -> bool {
+        let mut changed = false;
+        let ips: Vec<IpAddr> = self.probing.keys().copied().collect();
+        for ip in ips {
+            let Some(mut probing) = self.probing.remove(&ip) else {
+                continue;
+            };
+            if now >= probing.started + PROBE_WAIT {
+                changed = true;
+                if self.conflicts.remove(&ip).is_some() {
+                    tracing::info!(%ip, interface = %probing.interface, "no other host answers for the address any more: announcing it");
+                }
+                self.finish_probe(shared, ip, &probing);
+                continue;
+            }
+            if PROBES
+                .get(probing.sent)
+                .is_some_and(|offset| now >= probing.started + *offset)
+            {
+                self.send_probe(shared, ip, &mut probing);
+            }
+            self.probing.insert(ip, probing);
+        }
+        let due: Vec<IpAddr> = self
+            .conflicts
+            .iter()
+            .filter(|(ip, c)| now >= c.recheck_at && !self.probing.contains_key(ip))
+            .map(|(ip, _)| *ip)
+            .collect();
+        if !due.is_empty() {
+            changed = true;
+            if let Err(e) = self.activate_pending(shared) {
+                shared.counters.error(e.category());
+                tracing::warn!(error = %e, "probing addresses in conflict again");
+            }
+        }
+        changed
+    }
+
+    /// A probe ended without an answer: announce the address (if still wanted there).
+    fn finish_probe(&mut self, shared: &Arc<Shared>, ip: IpAddr, probing: &Probing) {
+        let Some(held) = self.held.get(&ip) else {
+            return;
+        };
+        if held.active.is_some() || held.target.interface != probing.interface {
+            return;
+        }
+        let target = held.target.clone();
+        let net = self.net.borrow().clone();
+        let Some(interface) = net
+            .interface(&probing.interface)
+            .filter(|i| i.index == probing.ifindex)
+        else {
+            return; // the interface went away: the next enforcement starts over
+        };
+        if let Err(e) = self.activate(shared, ip, &target, interface, probing.mac) {
+            shared.counters.error(e.category());
+            tracing::warn!(%ip, interface = %probing.interface, error = %e, "could not announce");
+        }
+        if let Err(e) = self.addrs.flush() {
+            tracing::warn!(error = %e, "writing the address record");
+        }
+    }
+
+    /// While yielding, another MAC announced an active address: drop it.
+    fn yield_address(&mut self, shared: &Arc<Shared>, ip: IpAddr, by: MacAddr) {
         let Some(held) = self.held.remove(&ip) else {
             return;
         };
@@ -1154,25 +1452,25 @@ async fn reader(
     }
 }
 
-/// Another MAC announced `ip` on `ifindex`: remember it (for a handover in progress), and
-/// when yielding, have the engine drop the address.
+/// Another MAC announced or answered for `ip` on `ifindex`: remember it (for a handover in
+/// progress) and let the engine decide (yield, conflict, or nothing).
 fn claimed(shared: &Shared, ip: IpAddr, by: MacAddr, ifindex: u32) {
     {
         let mut table = shared.table();
-        if table
+        let ours = |(index, mac): (u32, MacAddr)| index == ifindex && mac != by;
+        let active = table
             .active
             .get(&ip)
-            .is_none_or(|e| e.ifindex != ifindex || e.mac == by)
-        {
+            .is_some_and(|e| ours((e.ifindex, e.mac)));
+        let probing = table.probing.get(&ip).is_some_and(|p| ours(*p));
+        if !active && !probing {
             return;
         }
-        table.claims.insert(ip, (Instant::now(), by));
+        if active {
+            table.claims.insert(ip, (Instant::now(), by));
+        }
     }
     shared.counters.claims_seen.inc();
-    if shared.yield_to_others.load(Ordering::SeqCst) {
-        let _ = shared.yields.send((ip, by));
-    } else {
-        tracing::info!(%ip, by = %by, "another MAC announced one of our addresses");
-    }
+    let _ = shared.claims.send((ip, by));
     shared.claimed.notify_waiters();
 }

@@ -100,6 +100,11 @@ impl AgentMetrics {
                 &net.claims_seen,
             ),
             (
+                "address_conflicts",
+                "Addresses found in use by another host on the LAN (probe answered, or announced by a MAC that is no agent's)",
+                &net.conflicts,
+            ),
+            (
                 "yielded",
                 "Addresses dropped because another node claimed them while this node's lease had lapsed",
                 &net.yielded,

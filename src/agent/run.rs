@@ -24,14 +24,15 @@ use tokio::sync::{Notify, watch};
 
 use super::AgentArgs;
 use super::address::Marker;
-use super::announcer::{Announcer, AnnouncerConfig, NetCounters, NetError, Target};
+use super::announcer::{Announcer, AnnouncerConfig, Conflict, NetCounters, NetError, Target};
 use super::control_plane::ControlPlaneError;
 use super::control_plane::shares::{AnnouncerShares, Share};
 use super::links::{LinkWatch, NetState};
 use super::metrics::{AgentMetrics, ChangeLabel};
+use super::packet::MacAddr;
 use super::view::{
     self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION,
-    LEASE_DURATION_MS_ANNOTATION, LeaseFacts,
+    LEASE_DURATION_MS_ANNOTATION, LeaseFacts, MACS_ANNOTATION,
 };
 use crate::admin::{self, Readiness};
 use crate::api::{IPAllocation, L2Announcement};
@@ -239,6 +240,17 @@ impl Shared {
         ownership::assign(&addresses, &rules, &nodes)
     }
 
+    /// Whether no node has announced `ip` yet (its IPAllocation names no announcer): its first
+    /// announcement is preceded by a probe for another host using it. A takeover from another
+    /// node is not probed, so failover is not delayed.
+    fn never_announced(&self, ip: IpAddr) -> bool {
+        let name = crate::core::names::allocation_name(&ip);
+        self.allocations
+            .get(&reflector::ObjectRef::new(&name))
+            .and_then(|guard| guard.0.as_ref().ok().cloned())
+            .is_none_or(|a| a.status.and_then(|s| s.announcer).is_none())
+    }
+
     /// When ownership must be computed again although nothing was watched: the next Lease
     /// expiry, or this node's own Lease going stale.
     fn next_deadline(&self) -> Instant {
@@ -419,7 +431,12 @@ pub(crate) async fn run_services(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (report_tx, report_rx) = watch::channel(BTreeMap::new());
     let lease_task = tokio::spawn(renew_lease(client.clone(), shared.clone(), stop_rx.clone()));
-    let report_task = tokio::spawn(report_announcer(client.clone(), shared.clone(), report_rx));
+    let report_task = tokio::spawn(report_announcer(
+        client.clone(),
+        shared.clone(),
+        announcer.clone(),
+        report_rx,
+    ));
     let decide_task = tokio::spawn(decide(
         shared.clone(),
         announcer.clone(),
@@ -624,11 +641,13 @@ async fn watch_leases(client: Client, shared: Arc<Shared>, synced: Arc<Notify>) 
                         &old.default_interface,
                         old.held,
                         old.duration,
+                        &old.macs,
                     ) == (
                         &facts.interfaces,
                         &facts.default_interface,
                         facts.held,
                         facts.duration,
+                        &facts.macs,
                     )
                 });
                 book.facts.insert(facts.node.clone(), facts);
@@ -697,12 +716,15 @@ fn usable_interfaces(net: &NetState) -> (Vec<String>, Option<String>) {
 /// The Lease this node's agent writes.
 fn lease_object(shared: &Shared) -> Lease {
     let args = &shared.args;
-    let (interfaces, default) = shared
-        .links
-        .get()
-        .map(|links| usable_interfaces(&links.current()))
-        .unwrap_or_default();
+    let net = shared.links.get().map(LinkWatch::current);
+    let (interfaces, default) = net.as_deref().map(usable_interfaces).unwrap_or_default();
     let default = default.unwrap_or_default();
+    let macs: BTreeSet<String> = net
+        .iter()
+        .flat_map(|net| net.interfaces.iter())
+        .filter(|i| i.usable())
+        .filter_map(|i| i.mac.map(|m| m.to_string()))
+        .collect();
     let duration_ms = args.lease_duration.as_millis().max(1) as u64;
     Lease {
         metadata: ObjectMeta {
@@ -715,6 +737,10 @@ fn lease_object(shared: &Shared) -> Lease {
             annotations: Some(BTreeMap::from([
                 (INTERFACES_ANNOTATION.to_string(), interfaces.join(",")),
                 (DEFAULT_INTERFACE_ANNOTATION.to_string(), default),
+                (
+                    MACS_ANNOTATION.to_string(),
+                    macs.into_iter().collect::<Vec<_>>().join(","),
+                ),
                 (
                     LEASE_DURATION_MS_ANNOTATION.to_string(),
                     duration_ms.to_string(),
@@ -905,7 +931,18 @@ async fn decide(
     let mut applied = false;
     let mut was_frozen = false;
     let mut retry_at: Option<Instant> = None;
+    let mut known_macs = BTreeSet::new();
     loop {
+        // The cluster's agents, by MAC: their announcements are takeovers, not conflicts.
+        let macs: BTreeSet<MacAddr> = lock(&shared.leases)
+            .facts
+            .values()
+            .flat_map(|f| f.macs.iter().copied())
+            .collect();
+        if macs != known_macs {
+            announcer.set_known_macs(macs.clone());
+            known_macs = macs;
+        }
         let needs_lease = shared.needs_lease();
         let own_lapsed = lock(&shared.own)
             .renewed
@@ -959,6 +996,7 @@ async fn decide(
                             Target {
                                 interface: owner.interface,
                                 mode: owner.mode,
+                                probe_first: shared.never_announced(ip),
                             },
                         )
                     })
@@ -977,13 +1015,13 @@ async fn decide(
                         for (ip, target) in &desired {
                             if current.get(ip) != Some(target) {
                                 gained += 1;
-                                tracing::info!(%ip, interface = %target.interface, mode = target.mode.as_str(), "announcing");
+                                tracing::info!(%ip, interface = %target.interface, mode = target.mode.as_str(), "this node owns the address");
                                 held.insert(*ip, (target.clone(), now));
                             }
                         }
                         for ip in current.keys().filter(|ip| !desired.contains_key(ip)) {
                             lost += 1;
-                            tracing::info!(%ip, "no longer announcing");
+                            tracing::info!(%ip, "this node no longer owns the address");
                         }
                         held.retain(|ip, _| desired.contains_key(ip));
                         count_changes(&shared.metrics, gained, lost);
@@ -1026,9 +1064,16 @@ fn count_changes(metrics: &AgentMetrics, gained: u64, lost: u64) {
 }
 
 /// Writes `status.announcer` of every IPAllocation this node announces, when it names
-/// another node or interface. Runs apart from `decide`, so a slow API never delays an
-/// announcement.
-async fn report_announcer(client: Client, shared: Arc<Shared>, mut held: watch::Receiver<Held>) {
+/// another node or interface, and `status.conflict` of those it does not announce because
+/// another host on the LAN uses them (cleared when that ends, or when this node announces an
+/// address another node had found in conflict). Runs apart from `decide`, so a slow API never
+/// delays an announcement.
+async fn report_announcer(
+    client: Client,
+    shared: Arc<Shared>,
+    announcer: Arc<Share>,
+    mut held: watch::Receiver<Held>,
+) {
     let api: Api<IPAllocation> = Api::all(client);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
@@ -1037,6 +1082,16 @@ async fn report_announcer(client: Client, shared: Arc<Shared>, mut held: watch::
     let me = shared.args.node_name.clone();
     loop {
         let snapshot = held.borrow_and_update().clone();
+        let active: BTreeMap<IpAddr, SystemTime> = announcer
+            .announced()
+            .into_iter()
+            .map(|a| (a.ip, a.since))
+            .collect();
+        let conflicts: BTreeMap<IpAddr, Conflict> = announcer
+            .conflicts()
+            .into_iter()
+            .map(|c| (c.ip, c))
+            .collect();
         let mut failed = false;
         for (ip, (target, since)) in &snapshot {
             if !held.borrow().contains_key(ip) {
@@ -1048,21 +1103,48 @@ async fn report_announcer(client: Client, shared: Arc<Shared>, mut held: watch::
                 .get(&reflector::ObjectRef::new(&name))
                 .and_then(|guard| guard.0.as_ref().ok().cloned());
             let Some(allocation) = current else { continue };
-            let recorded = allocation
-                .status
-                .as_ref()
-                .and_then(|s| s.announcer.as_ref());
-            if recorded.is_some_and(|a| a.node == me && a.interface == target.interface) {
-                continue;
-            }
-            let since = Timestamp::try_from(*since).unwrap_or_else(|_| Timestamp::now());
-            let patch = serde_json::json!({
-                "status": { "announcer": {
-                    "node": me,
-                    "interface": target.interface,
-                    "since": since.to_string(),
-                }}
+            let status = allocation.status.unwrap_or_default();
+            let patch = match (conflicts.get(ip), &status.conflict) {
+                (Some(c), recorded)
+                    if recorded.as_ref().is_none_or(|r| {
+                        (r.node.as_str(), r.interface.as_str(), r.mac.as_str())
+                            != (
+                                me.as_str(),
+                                c.interface.as_str(),
+                                c.mac.to_string().as_str(),
+                            )
+                    }) =>
+                {
+                    let since = Timestamp::try_from(c.since).unwrap_or_else(|_| Timestamp::now());
+                    Some(serde_json::json!({"status": {"conflict": {
+                        "node": me, "interface": c.interface,
+                        "mac": c.mac.to_string(), "since": since.to_string(),
+                    }}}))
+                }
+                (Some(_), _) => None,
+                (None, Some(r)) if r.node == me || active.contains_key(ip) => {
+                    Some(serde_json::json!({"status": {"conflict": null}}))
+                }
+                (None, _) => None,
+            };
+            let patch = patch.or_else(|| {
+                let recorded = status.announcer.as_ref();
+                let announced = active.contains_key(ip) && !conflicts.contains_key(ip);
+                let same =
+                    recorded.is_some_and(|a| a.node == me && a.interface == target.interface);
+                (announced && !same).then(|| {
+                    let since = active.get(ip).copied().unwrap_or(*since);
+                    let since = Timestamp::try_from(since).unwrap_or_else(|_| Timestamp::now());
+                    serde_json::json!({
+                        "status": { "announcer": {
+                            "node": me,
+                            "interface": target.interface,
+                            "since": since.to_string(),
+                        }}
+                    })
+                })
             });
+            let Some(patch) = patch else { continue };
             match api
                 .patch_status(&name, &params, &Patch::Merge(&patch))
                 .await
@@ -1073,7 +1155,7 @@ async fn report_announcer(client: Client, shared: Arc<Shared>, mut held: watch::
                 }
                 Err(err) => {
                     AgentMetrics::outcome(&shared.metrics.status_writes, "api_error");
-                    tracing::debug!(%ip, error = %err, "writing status.announcer failed; retrying");
+                    tracing::debug!(%ip, error = %err, "writing the IPAllocation status failed; retrying");
                     failed = true;
                     break;
                 }

@@ -10,6 +10,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use regex::Regex;
 
+use super::packet::MacAddr;
+
 use crate::api::{
     AllocationPhase, AnnouncementMode, IPAllocation, L2Announcement, LabelSelectorExt,
 };
@@ -26,6 +28,9 @@ pub const AGENT_LEASE_PREFIX: &str = "vipam-agent-";
 pub const INTERFACES_ANNOTATION: &str = "vipam.io/interfaces";
 /// Lease annotation: the interface of the node's default route.
 pub const DEFAULT_INTERFACE_ANNOTATION: &str = "vipam.io/default-interface";
+/// Lease annotation: the MACs of the usable interfaces, comma-separated. Another agent's
+/// announcement from one of them is a takeover, not an address conflict.
+pub const MACS_ANNOTATION: &str = "vipam.io/macs";
 /// Nodes with this label never announce (the Kubernetes convention).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
@@ -80,6 +85,8 @@ pub struct LeaseFacts {
     pub duration: Duration,
     pub interfaces: Vec<String>,
     pub default_interface: Option<String>,
+    /// MACs of the node's usable interfaces (`vipam.io/macs`).
+    pub macs: Vec<MacAddr>,
 }
 
 /// Reads an agent Lease (None if it is not one).
@@ -117,6 +124,14 @@ pub fn lease_facts(lease: &Lease, fallback_duration: Duration) -> Option<LeaseFa
         .get(DEFAULT_INTERFACE_ANNOTATION)
         .filter(|s| !s.is_empty())
         .cloned();
+    let macs = annotations
+        .get(MACS_ANNOTATION)
+        .map(|list| {
+            list.split(',')
+                .filter_map(|m| m.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     Some(LeaseFacts {
         node,
         version: lease.resource_version().unwrap_or_default(),
@@ -124,6 +139,7 @@ pub fn lease_facts(lease: &Lease, fallback_duration: Duration) -> Option<LeaseFa
         duration,
         interfaces,
         default_interface,
+        macs,
     })
 }
 

@@ -187,8 +187,26 @@ pub struct IPAllocationStatus {
     /// The node announcing the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announcer: Option<Announcer>,
+    /// Another host on the LAN uses the address, as the agent of the node that should announce
+    /// it found (a probe was answered, or another MAC announced it). The address is not
+    /// announced while this lasts; the agent probes again every 10 s and clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<AddressConflict>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// An address in use by another host on the LAN.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct AddressConflict {
+    /// The node whose agent found the conflict.
+    pub node: String,
+    /// The interface it was found on.
+    pub interface: String,
+    /// The other host's MAC address.
+    pub mac: String,
+    /// When it was first seen.
+    pub since: Time,
 }
 
 /// Where an address is announced.

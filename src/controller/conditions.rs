@@ -11,6 +11,9 @@ pub const ALLOCATED: &str = "vipam.io/Allocated";
 pub const ANNOUNCED: &str = "vipam.io/Announced";
 /// Condition on an IPAllocation whose address lies outside every IPPool.
 pub const ORPHANED: &str = "Orphaned";
+/// Condition on an IPAllocation whose address another host on the LAN uses (from the agent's
+/// `status.conflict`).
+pub const ADDRESS_CONFLICT: &str = "vipam.io/AddressConflict";
 /// Condition on IPPools and L2Announcements: the object is usable.
 pub const READY: &str = "Ready";
 /// Condition on an IPPool overlapping another.

@@ -16,7 +16,9 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use super::clock::SharedClock;
-use super::conditions::{self, ALLOCATED, ANNOUNCED, CONFLICT, ORPHANED, READY, Wanted};
+use super::conditions::{
+    self, ADDRESS_CONFLICT, ALLOCATED, ANNOUNCED, CONFLICT, ORPHANED, READY, Wanted,
+};
 use super::lease::LeaderGate;
 use crate::api::{
     AllocationPhase, IPAllocation, IPPool, L2Announcement, LabelSelectorExt, allocation_object,
@@ -560,7 +562,8 @@ impl Reconciler {
     async fn allocation_status(&self, ctx: &Context, report: &mut PassReport) {
         struct Change {
             name: String,
-            orphaned: Option<Wanted>,
+            set_phase: bool,
+            wanted: Vec<Wanted>,
             existing: Vec<Condition>,
             services: Vec<ServiceRef>,
         }
@@ -598,12 +601,39 @@ impl Reconciler {
                         None
                     }
                     .filter(|w| !w.is_met_by(&status.conditions, None));
-                    if !set_phase && orphaned.is_none() {
+                    let had_conflict = status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == ADDRESS_CONFLICT);
+                    let conflict = match &status.conflict {
+                        Some(c) => Some(Wanted::new(
+                            ADDRESS_CONFLICT,
+                            true,
+                            "AddressConflict",
+                            format!(
+                                "another host on the LAN (MAC {}) uses {}, found by node {} on \
+                                 interface {}; vipam does not announce it until that host stops \
+                                 (the agent probes again every 10 s)",
+                                c.mac, entry.ip, c.node, c.interface
+                            ),
+                        )),
+                        None if had_conflict => Some(Wanted::new(
+                            ADDRESS_CONFLICT,
+                            false,
+                            "NoConflict",
+                            "no other host on the LAN answers for the address",
+                        )),
+                        None => None,
+                    }
+                    .filter(|w| !w.is_met_by(&status.conditions, None));
+                    let wanted: Vec<Wanted> = orphaned.into_iter().chain(conflict).collect();
+                    if !set_phase && wanted.is_empty() {
                         return None;
                     }
                     Some(Change {
                         name: object.name_any(),
-                        orphaned,
+                        set_phase,
+                        wanted,
                         existing: status.conditions,
                         services: entry.members.iter().map(|m| m.service.clone()).collect(),
                     })
@@ -614,10 +644,13 @@ impl Reconciler {
             if !self.gate.is_leader() {
                 return;
             }
-            let mut status = json!({"phase": "Bound"});
-            if let Some(wanted) = &change.orphaned {
+            let mut status = json!({});
+            if change.set_phase {
+                status["phase"] = json!("Bound");
+            }
+            if !change.wanted.is_empty() {
                 status["conditions"] = json!(conditions::merged(
-                    std::slice::from_ref(wanted),
+                    &change.wanted,
                     &change.existing,
                     None,
                     ctx.now,
@@ -636,9 +669,14 @@ impl Reconciler {
                 Ok(stored) => {
                     report.writes += 1;
                     self.caches.ledger.lock().apply(stored);
-                    if let Some(wanted) = change.orphaned.filter(|w| w.status) {
+                    for wanted in change.wanted.iter().filter(|w| w.status) {
+                        let reason = if wanted.type_ == ORPHANED {
+                            "Orphaned"
+                        } else {
+                            "AddressConflict"
+                        };
                         for service in &change.services {
-                            self.event(report, service, true, "Orphaned", wanted.message.clone())
+                            self.event(report, service, true, reason, wanted.message.clone())
                                 .await;
                         }
                     }
@@ -795,12 +833,20 @@ impl Reconciler {
             };
             let mut pending = Vec::new();
             let mut announced = Vec::new();
+            let mut in_conflict = Vec::new();
             for entry in &held {
-                let announcer = snapshot
+                let status = snapshot
                     .objects
                     .get(&entry.ip)
-                    .and_then(|o| o.status.as_ref())
-                    .and_then(|s| s.announcer.as_ref());
+                    .and_then(|o| o.status.as_ref());
+                if let Some(c) = status.and_then(|s| s.conflict.as_ref()) {
+                    in_conflict.push(format!(
+                        "{} is used by another host on the LAN (MAC {}, seen by node {} on {})",
+                        entry.ip, c.mac, c.node, c.interface
+                    ));
+                    continue;
+                }
+                let announcer = status.and_then(|s| s.announcer.as_ref());
                 match announcer {
                     Some(a) => announced.push(format!(
                         "{} by node {} on interface {}",
@@ -815,7 +861,19 @@ impl Reconciler {
                     }
                 }
             }
-            let announced = if pending.is_empty() {
+            let announced = if !in_conflict.is_empty() {
+                Wanted::new(
+                    ANNOUNCED,
+                    false,
+                    "AddressConflict",
+                    format!(
+                        "{}; vipam does not announce it while that lasts (probed again every \
+                         10 s): find the host by its MAC and remove the address there, or pin \
+                         the Service to another address",
+                        in_conflict.join("; ")
+                    ),
+                )
+            } else if pending.is_empty() {
                 Wanted::new(ANNOUNCED, true, "Announced", announced.join(", "))
             } else if let Some((ip, pool, _)) = pending.iter().find(|(_, _, covered)| !covered) {
                 Wanted::new(

@@ -1029,6 +1029,8 @@ async fn apply_vip(
                         Target {
                             interface: ctx.interface.clone(),
                             mode: AnnounceMode::Address,
+                            // The VIP is the administrator's; a standby takes it over at once.
+                            probe_first: false,
                         },
                     )])
                 } else {

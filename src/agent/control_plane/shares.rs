@@ -212,6 +212,16 @@ impl Share {
         self.shares.announcer.set_yield_to_others(any);
     }
 
+    /// See [`Announcer::set_known_macs`] (one set for every part: the cluster's agents).
+    pub fn set_known_macs(&self, macs: std::collections::BTreeSet<crate::agent::packet::MacAddr>) {
+        self.shares.announcer.set_known_macs(macs);
+    }
+
+    /// See [`Announcer::conflicts`].
+    pub fn conflicts(&self) -> Vec<crate::agent::announcer::Conflict> {
+        self.shares.announcer.conflicts()
+    }
+
     /// What is announced now among this part's desired addresses.
     pub fn announced(&self) -> Vec<Announced> {
         let mine: Vec<IpAddr> = self.shares.lock().parts[self.index]
