@@ -15,6 +15,9 @@ pub mod metrics;
 pub mod run;
 pub mod view;
 
+#[cfg(test)]
+mod parser_props;
+
 pub use run::{AgentError, run, run_with};
 
 use std::net::SocketAddr;
