@@ -15,8 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use vipam::agent::announcer::{Announcer, AnnouncerConfig, NetCounters, Target};
-use vipam::agent::packet::{self, MacAddr, Payload};
-use vipam::agent::rawsock::RawSocket;
+use vipam::agent::net::packet::{self, MacAddr, Payload};
+use vipam::agent::net::rawsock::RawSocket;
 use vipam::core::ownership::AnnounceMode;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -83,7 +83,7 @@ fn main() {
                 garp_interval: Duration::from_secs(10),
                 resync: Duration::from_secs(10),
                 state_dir,
-                marker: vipam::agent::address::Marker::SERVICES,
+                marker: vipam::agent::net::address::Marker::SERVICES,
             };
             let a = Announcer::start(config, NetCounters::default())
                 .await

@@ -15,10 +15,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use netlab::Netlab;
-use vipam::agent::address::{AddressManager, KernelAddr, Marker, VIPAM_ADDR_PROTO};
 use vipam::agent::announcer::{Announcer, AnnouncerConfig, NetCounters, Target};
-use vipam::agent::packet::{self, Frame, MacAddr, NdpKind, Payload};
-use vipam::agent::rawsock::RawSocket;
+use vipam::agent::net::address::{AddressManager, KernelAddr, Marker, VIPAM_ADDR_PROTO};
+use vipam::agent::net::packet::{self, Frame, MacAddr, NdpKind, Payload};
+use vipam::agent::net::rawsock::RawSocket;
 use vipam::core::ownership::AnnounceMode;
 
 fn ip(s: &str) -> IpAddr {

@@ -36,7 +36,6 @@
 //! [`Announcer::start`] (the announcer's threads inherit it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,11 +49,12 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::address::{Added, AddressManager, KernelAddr, Marker, RecordEntry, is_ours};
-use super::iface::Interface;
-use super::links::{LinkWatch, NetState};
-use super::packet::{self, MacAddr, NdpKind, Payload};
-use super::rawsock::{MldGroups, PACKET_OUTGOING, RawSocket};
+use super::net::NetError;
+use super::net::address::{Added, AddressManager, KernelAddr, Marker, RecordEntry, is_ours};
+use super::net::iface::Interface;
+use super::net::links::{LinkWatch, NetState};
+use super::net::packet::{self, MacAddr, NdpKind, Payload};
+use super::net::rawsock::{MldGroups, PACKET_OUTGOING, RawSocket};
 use crate::core::category::Category;
 use crate::core::ownership::AnnounceMode;
 
@@ -74,38 +74,6 @@ const LINK_LINGER: Duration = Duration::from_secs(60);
 /// Enforcement waits this long after a kernel change notification, so a burst of changes
 /// (including our own) costs one pass.
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(20);
-
-/// Errors of the data plane.
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("netlink {op}: {source}")]
-    Netlink {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("raw socket on {interface}: {source}")]
-    Socket {
-        interface: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("state file {}: {reason}", path.display())]
-    State { path: PathBuf, reason: String },
-    #[error("the announcer has stopped")]
-    Stopped,
-}
-
-impl Category for NetError {
-    fn category(&self) -> &'static str {
-        match self {
-            NetError::Netlink { .. } => "netlink",
-            NetError::Socket { .. } => "socket",
-            NetError::State { .. } => "state",
-            NetError::Stopped => "stopped",
-        }
-    }
-}
 
 /// Where and how one address is announced.
 #[derive(Debug, Clone)]

@@ -3,20 +3,13 @@
 //! this node announces, and hands them to the announcer (ARP/NDP answers or kernel addresses).
 //! See docs/agent.md.
 
-pub mod address;
 pub mod announcer;
-pub mod iface;
-pub mod links;
-pub mod packet;
-pub mod rawsock;
+pub mod net;
 
 pub mod control_plane;
 pub mod metrics;
 pub mod run;
 pub mod view;
-
-#[cfg(test)]
-mod parser_props;
 
 pub use run::{AgentError, run, run_with};
 

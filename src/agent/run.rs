@@ -23,13 +23,14 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use super::AgentArgs;
-use super::address::Marker;
-use super::announcer::{Announcer, AnnouncerConfig, Conflict, NetCounters, NetError, Target};
+use super::announcer::{Announcer, AnnouncerConfig, Conflict, NetCounters, Target};
 use super::control_plane::ControlPlaneError;
 use super::control_plane::shares::{AnnouncerShares, Share};
-use super::links::{LinkWatch, NetState};
 use super::metrics::{AgentMetrics, ChangeLabel};
-use super::packet::MacAddr;
+use super::net::NetError;
+use super::net::address::Marker;
+use super::net::links::{LinkWatch, NetState};
+use super::net::packet::MacAddr;
 use super::view::{
     self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION,
     LEASE_DURATION_MS_ANNOTATION, LeaseFacts, MACS_ANNOTATION,

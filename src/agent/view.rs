@@ -10,7 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use regex::Regex;
 
-use super::packet::MacAddr;
+use super::net::packet::MacAddr;
 
 use crate::api::{
     AllocationPhase, AnnouncementMode, IPAllocation, L2Announcement, LabelSelectorExt,

@@ -39,8 +39,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 
 use super::AgentArgs;
-use super::announcer::{Announcer, AnnouncerConfig, NetCounters, NetError, Target};
+use super::announcer::{Announcer, AnnouncerConfig, NetCounters, Target};
 use super::metrics::AgentMetrics;
+use super::net::NetError;
 use super::run::{self, AgentError, AnnouncerSource};
 use super::view::LEASE_DURATION_MS_ANNOTATION;
 use crate::admin::{self, MetricsText, Readiness, encode_registry};
@@ -595,7 +596,7 @@ pub async fn run_with(
             resync: args.resync,
             state_dir: args.state_dir.clone(),
             // Its own marker: a Service agent on the same node never removes the VIP.
-            marker: crate::agent::address::Marker::CONTROL_PLANE,
+            marker: crate::agent::net::address::Marker::CONTROL_PLANE,
         },
         net,
     )

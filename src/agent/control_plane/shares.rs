@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::agent::announcer::{Announced, Announcer, NetError, Target};
+use crate::agent::announcer::{Announced, Announcer, Target};
+use crate::agent::net::NetError;
 
 /// How long the first union waits for parts that have not decided yet, from the first decision.
 pub const FIRST_DECISION_GRACE: Duration = Duration::from_secs(10);
@@ -162,7 +163,7 @@ impl AnnouncerShares {
 
 impl Share {
     /// The node's links, as the shared announcer sees them.
-    pub fn links(&self) -> &crate::agent::links::LinkWatch {
+    pub fn links(&self) -> &crate::agent::net::links::LinkWatch {
         self.shares.announcer.links()
     }
 
@@ -213,7 +214,10 @@ impl Share {
     }
 
     /// See [`Announcer::set_known_macs`] (one set for every part: the cluster's agents).
-    pub fn set_known_macs(&self, macs: std::collections::BTreeSet<crate::agent::packet::MacAddr>) {
+    pub fn set_known_macs(
+        &self,
+        macs: std::collections::BTreeSet<crate::agent::net::packet::MacAddr>,
+    ) {
         self.shares.announcer.set_known_macs(macs);
     }
 

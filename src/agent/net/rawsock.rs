@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn filter_accepts_only_arp_and_neighbour_discovery() {
-        use crate::agent::packet::*;
+        use crate::agent::net::packet::*;
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
         let ip6: Ipv6Addr = "2001:db8:1::50".parse().unwrap();
         let mut echo = unsolicited_advert(mac, ip6);

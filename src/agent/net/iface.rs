@@ -9,8 +9,8 @@ use std::io;
 
 use regex::Regex;
 
+use super::NetError;
 use super::address::{Netlink, RTM_GETLINK, attrs};
-use super::announcer::NetError;
 use super::packet::MacAddr;
 
 const IFLA_ADDRESS: u16 = 1;

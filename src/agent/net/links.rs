@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+use super::NetError;
 use super::address::{Netlink, RTM_GETLINK, messages};
-use super::announcer::NetError;
 use super::iface::{self, Interface};
 
 const RTMGRP_LINK: u32 = 0x1;
@@ -272,7 +272,7 @@ fn log_changes(old: &NetState, new: &NetState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::address::push_attr;
+    use crate::agent::net::address::push_attr;
 
     fn notification(kind: u16) -> Vec<u8> {
         let mut body = vec![0u8; 16];
@@ -317,7 +317,7 @@ mod tests {
         let i = |name: &str, mac: bool, up: bool, carrier: bool| Interface {
             name: name.into(),
             index: 1,
-            mac: mac.then_some(crate::agent::packet::MacAddr([2, 0, 0, 0, 0, 1])),
+            mac: mac.then_some(crate::agent::net::packet::MacAddr([2, 0, 0, 0, 0, 1])),
             up,
             carrier,
         };

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::announcer::NetError;
+use super::NetError;
 
 /// The `IFA_PROTO` value marking addresses added by vipam: 0x56, ASCII 'V'. The kernel reserves
 /// 0-3 (unspec, loopback, kernel link-local, kernel RA); other values are free for user space
