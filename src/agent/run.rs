@@ -40,6 +40,7 @@ use crate::api::{IPAllocation, L2Announcement};
 use crate::cache::valid;
 use crate::core::category::Category;
 use crate::core::ownership::{self, AnnouncementRule, Liveness, NodeView};
+use crate::core::standing::{self, Announce, Standing};
 
 /// Field manager of the agent's writes.
 pub const FIELD_MANAGER: &str = "vipam-agent";
@@ -944,16 +945,29 @@ async fn decide(
             announcer.set_known_macs(macs.clone());
             known_macs = macs;
         }
-        let needs_lease = shared.needs_lease();
-        let own_lapsed = lock(&shared.own)
-            .renewed
-            .is_none_or(|at| at.elapsed() >= shared.args.lease_duration);
         let own_healthy = shared.own_lease_healthy();
         let watch_ok = shared.lease_watch_ok.load(Ordering::Acquire);
-        // Our lease has lapsed: another node may be taking our addresses; yield to its
-        // announcements instead of fighting them.
-        announcer.set_yield_to_others(needs_lease && applied && own_lapsed);
-        let frozen = needs_lease && (!own_healthy || !watch_ok);
+        let (own_lapsed, first_renewal_settled, renewal_failing) = {
+            let own = lock(&shared.own);
+            (
+                own.renewed
+                    .is_none_or(|at| at.elapsed() >= shared.args.lease_duration),
+                own.first_renewed
+                    .is_some_and(|at| at.elapsed() >= shared.args.renew_interval),
+                own.failing,
+            )
+        };
+        let verdict = standing::verdict(&Standing {
+            needs_lease: shared.needs_lease(),
+            own_lapsed,
+            own_healthy,
+            lease_watch_ok: watch_ok,
+            applied,
+            first_renewal_settled,
+            renewal_failing,
+        });
+        announcer.set_yield_to_others(verdict.yield_to_others);
+        let frozen = verdict.frozen;
         if was_frozen && !frozen {
             // Back from an outage: renewals of the others may have been missed meanwhile, so
             // every Lease gets a full duration before anything moves.
@@ -968,23 +982,8 @@ async fn decide(
         }
         was_frozen = frozen;
         shared.metrics.frozen.set(i64::from(frozen));
-        // At start-up, wait for the first renewal's outcome: applying an empty set before it
-        // would withdraw addresses a restarted agent still owns.
-        // Then let one renew interval pass, so agents starting together see each other's
-        // Leases before deciding, instead of all taking everything for a moment.
-        let first_renewal_pending = {
-            let own = lock(&shared.own);
-            let settled = own
-                .first_renewed
-                .is_some_and(|at| at.elapsed() >= shared.args.renew_interval);
-            !settled && !own.failing
-        };
-        let starting_up = needs_lease && !applied && first_renewal_pending;
-        let may_apply = !frozen || !applied;
-        if may_apply && !starting_up {
-            let desired: BTreeMap<IpAddr, Target> = if !needs_lease || frozen {
-                // Not selected: nothing to announce. Frozen before anything was applied
-                // (start-up): announce nothing yet, but clean up a previous run's leftovers.
+        if verdict.announce != Announce::Keep {
+            let desired: BTreeMap<IpAddr, Target> = if verdict.announce == Announce::Nothing {
                 BTreeMap::new()
             } else {
                 shared

@@ -5,6 +5,7 @@
 
 pub mod allocate;
 pub mod category;
+pub mod election;
 pub mod lifecycle;
 pub mod names;
 pub mod ownership;
@@ -12,3 +13,4 @@ pub mod pool;
 pub mod range;
 pub mod request;
 pub mod selector;
+pub mod standing;

@@ -3,7 +3,7 @@
 //! The control-plane nodes elect a leader on the Lease `vipam-control-plane` (namespace
 //! `kube-system` by default); the leader adds the VIP to the chosen interface (address mode of
 //! the [`Announcer`]: marked as ours, gratuitous ARP / unsolicited NA at once and repeatedly)
-//! and removes it the moment it loses the Lease or stops. The decisions are in [`election`];
+//! and removes it the moment it loses the Lease or stops. The decisions are in [`crate::core::election`];
 //! this module reads the world (the Lease watch, the local API server's `/readyz`) and applies
 //! them. See docs/agent.md, "Control-plane VIP".
 //!
@@ -12,7 +12,6 @@
 //! With `--announce-services` the Service announcer runs in the same process, sharing one
 //! announcer ([`shares`]).
 
-pub mod election;
 pub mod shares;
 
 use std::collections::BTreeMap;
@@ -47,8 +46,8 @@ use super::view::LEASE_DURATION_MS_ANNOTATION;
 use crate::admin::{self, MetricsText, Readiness, encode_registry};
 use crate::controller::parse_duration;
 use crate::core::category::Category;
+use crate::core::election::{self, Health, Hold, Inputs, LeaseAction, LeaseView, VipState};
 use crate::core::ownership::{AnnounceMode, Liveness};
-use election::{Health, Hold, Inputs, LeaseAction, LeaseView, VipState};
 use shares::{AnnouncerShares, Share};
 
 /// The Lease the control-plane nodes compete for.
