@@ -4,12 +4,17 @@
 //! joined with [`RawSocket::join_multicast`]. Needs CAP_NET_RAW only.
 //!
 //! The socket belongs to the network namespace of the thread that opens it.
+//!
+//! Sockets, the filter and IPv6 group membership go through `socket2`; what it does not cover
+//! (the packet socket's link-layer address, its multicast membership, the packet type of a
+//! received frame) is a few lines of commented `unsafe`.
 
 use std::io;
 use std::mem;
 use std::net::Ipv6Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
+use socket2::{Domain, SockAddr, SockAddrStorage, SockFilter, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use super::packet::{ETHERTYPE_ARP, ETHERTYPE_IPV6, ICMPV6_NEIGHBOR_ADVERT, MacAddr};
@@ -71,27 +76,30 @@ pub fn filter_program() -> Vec<libc::sock_filter> {
     ]
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is a valid, initialised T for the duration of the call and its size
-    // is passed along.
-    cvt(unsafe {
+/// `setsockopt(2)` for the options socket2 does not cover (packet-socket multicast
+/// membership).
+fn setsockopt<T>(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a valid, initialised T for the duration of the call and its size is
+    // passed along; the descriptor is open for as long as `socket` lives.
+    let rc = unsafe {
         libc::setsockopt(
-            fd.as_raw_fd(),
+            socket.as_raw_fd(),
             level,
             name,
             (value as *const T).cast(),
             mem::size_of::<T>() as libc::socklen_t,
         )
-    })
-    .map(|_| ())
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// A received frame's length and its `sll_pkttype` (PACKET_HOST, PACKET_BROADCAST, ...).
@@ -104,8 +112,21 @@ pub struct Received {
 /// The filtered raw socket of one interface.
 #[derive(Debug)]
 pub struct RawSocket {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<Socket>,
     ifindex: u32,
+}
+
+/// The link-layer address a packet socket binds to: every protocol, on `ifindex`.
+fn link_address(ifindex: u32) -> SockAddr {
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: the storage is large enough for a sockaddr_ll and zero is a valid value of it.
+    let sll = unsafe { storage.view_as::<libc::sockaddr_ll>() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    let len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: the storage holds an initialised sockaddr_ll of `len` bytes.
+    unsafe { SockAddr::new(storage, len) }
 }
 
 impl RawSocket {
@@ -114,39 +135,15 @@ impl RawSocket {
     pub fn open(ifindex: u32) -> io::Result<RawSocket> {
         // Protocol 0: receives nothing until bound, so no unfiltered frame is queued before
         // the filter is in place.
-        // SAFETY: plain socket(2) call; the result is checked.
-        let raw = cvt(unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        })?;
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-
-        let program = filter_program();
-        let prog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr().cast_mut(),
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)?;
-
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll and its size is passed.
-        cvt(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        })?;
-        // SAFETY: the AsyncFd owns `fd`, which stays open and unchanged until it is dropped.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        let socket = Socket::new(Domain::PACKET, Type::RAW.nonblocking().cloexec(), None)?;
+        let program: Vec<SockFilter> = filter_program()
+            .iter()
+            .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
+            .collect();
+        socket.attach_filter(&program)?;
+        socket.bind(&link_address(ifindex))?;
+        // SAFETY: the AsyncFd owns the socket, which stays open and unchanged until dropped.
+        let fd = unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)?;
         Ok(RawSocket { fd, ifindex })
     }
 
@@ -186,47 +183,22 @@ impl RawSocket {
     /// Sends one complete Ethernet frame now. Never waits: a full queue is an error
     /// (the frame would be stale by the time it could go out; ARP and NDP retry).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is valid for reads of its length.
-        let n = unsafe {
-            libc::send(
-                self.fd.get_ref().as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != frame.len() {
+        let n = self.fd.get_ref().send(frame)?;
+        if n != frame.len() {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
         }
         Ok(())
     }
 
-    fn try_recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
-        // SAFETY: sockaddr_ll is plain data.
-        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: `buf` is valid for writes of its length, `sll`/`len` describe a valid
-        // address buffer.
-        let n = unsafe {
-            libc::recvfrom(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut sll as *mut libc::sockaddr_ll).cast(),
-                &mut len,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Received {
-            len: n as usize,
-            pkttype: sll.sll_pkttype,
-        })
+    fn try_recv(socket: &Socket, buf: &mut [u8]) -> io::Result<Received> {
+        // SAFETY: initialised bytes viewed as possibly-uninitialised ones; recvfrom(2) only
+        // writes initialised bytes into them, so `buf` stays initialised.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [mem::MaybeUninit<u8>]) };
+        let (len, from) = socket.recv_from(uninit)?;
+        let mut storage = from.as_storage();
+        // SAFETY: a packet socket's source address is a sockaddr_ll, which the storage holds.
+        let pkttype = unsafe { storage.view_as::<libc::sockaddr_ll>() }.sll_pkttype;
+        Ok(Received { len, pkttype })
     }
 
     /// Waits for the next frame (the filter has already dropped everything but ARP/NDP and
@@ -248,50 +220,25 @@ impl RawSocket {
 /// [`RawSocket::join_multicast`], which only programs the interface's receive filter.
 #[derive(Debug)]
 pub struct MldGroups {
-    fd: OwnedFd,
+    socket: Socket,
 }
 
 impl MldGroups {
     /// Opens the (unbound, never used for traffic) UDP socket.
     pub fn open() -> io::Result<MldGroups> {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let raw = cvt(unsafe {
-            libc::socket(
-                libc::AF_INET6,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                0,
-            )
-        })?;
-        // SAFETY: `raw` is a fresh descriptor we own.
-        Ok(MldGroups {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
-    }
-
-    fn change(&self, group: Ipv6Addr, ifindex: u32, join: bool) -> io::Result<()> {
-        let mreq = libc::ipv6_mreq {
-            ipv6mr_multiaddr: libc::in6_addr {
-                s6_addr: group.octets(),
-            },
-            ipv6mr_interface: ifindex,
-        };
-        let opt = if join {
-            libc::IPV6_ADD_MEMBERSHIP
-        } else {
-            libc::IPV6_DROP_MEMBERSHIP
-        };
-        setsockopt(&self.fd, libc::IPPROTO_IPV6, opt, &mreq)
+        let socket = Socket::new(Domain::IPV6, Type::DGRAM.nonblocking().cloexec(), None)?;
+        Ok(MldGroups { socket })
     }
 
     /// Joins `group` on `ifindex`. Joining a group twice on one socket is an error
     /// (EADDRINUSE): callers count.
     pub fn join(&self, group: Ipv6Addr, ifindex: u32) -> io::Result<()> {
-        self.change(group, ifindex, true)
+        self.socket.join_multicast_v6(&group, ifindex)
     }
 
     /// Leaves `group` on `ifindex`.
     pub fn leave(&self, group: Ipv6Addr, ifindex: u32) -> io::Result<()> {
-        self.change(group, ifindex, false)
+        self.socket.leave_multicast_v6(&group, ifindex)
     }
 }
 
