@@ -1,0 +1,474 @@
+//! The agent's control loop: watches -> `core::ownership` -> announcer, plus this node's
+//! liveness Lease and the `status.announcer` reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+
+use super::AgentArgs;
+use super::announcer::{Announcer, AnnouncerConfig, Conflict, NetCounters, Target};
+use super::control_plane::ControlPlaneError;
+use super::control_plane::shares::{AnnouncerShares, Share};
+use super::metrics::{AgentMetrics, ChangeLabel};
+use super::net::NetError;
+use super::net::address::Marker;
+use super::net::links::{LinkWatch, NetState};
+use super::net::packet::MacAddr;
+use super::view::{
+    self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION,
+    LEASE_DURATION_MS_ANNOTATION, LeaseFacts, MACS_ANNOTATION,
+};
+use crate::admin::{self, Readiness};
+use crate::api::{IPAllocation, L2Announcement};
+use crate::cache::valid;
+use crate::core::category::Category;
+use crate::core::ownership::{self, AnnouncementRule, Liveness, NodeView};
+use crate::core::standing::{self, Announce, Standing};
+
+mod caches;
+mod decide;
+mod lease;
+mod report;
+
+use caches::*;
+use decide::*;
+use lease::*;
+use report::*;
+
+/// Field manager of the agent's writes.
+pub const FIELD_MANAGER: &str = "vipam-agent";
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("connecting to the Kubernetes API: {0}")]
+    Connect(#[source] kube::Error),
+    #[error("starting the announcer: {0}")]
+    Announcer(#[source] NetError),
+    #[error("serving the admin endpoints on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--node-name (or NODE_NAME) is required without --control-plane")]
+    MissingNodeName,
+    #[error("control-plane VIP: {0}")]
+    ControlPlane(#[from] ControlPlaneError),
+}
+
+impl Category for AgentError {
+    fn category(&self) -> &'static str {
+        match self {
+            AgentError::Connect(_) => "connect",
+            AgentError::Announcer(_) => "announcer",
+            AgentError::Admin { .. } => "admin",
+            AgentError::MissingNodeName => "usage",
+            AgentError::ControlPlane(err) => err.category(),
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then hands its addresses over.
+/// With --control-plane, runs the control-plane VIP instead (and the Service announcer only
+/// with --announce-services; see `super::control_plane`).
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    if args.control_plane.control_plane {
+        return super::control_plane::run(args).await;
+    }
+    if args.node_name.is_empty() {
+        return Err(AgentError::MissingNodeName);
+    }
+    let client = Client::try_default().await.map_err(AgentError::Connect)?;
+    run_with(args, client, shutdown_signal()).await
+}
+
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: handing over"),
+        _ = int.recv() => tracing::info!("SIGINT: handing over"),
+    }
+}
+
+/// This node's agent Lease, as far as this process knows.
+#[derive(Default)]
+struct OwnLease {
+    /// Start of the last successful renewal (the Lease counts from there, conservatively).
+    renewed: Option<Instant>,
+    /// Start of the first successful renewal.
+    first_renewed: Option<Instant>,
+    /// Start of the renewal in flight, if any.
+    in_flight: Option<Instant>,
+    /// The last renewal failed.
+    failing: bool,
+    held: bool,
+}
+
+/// Agent Leases seen through the watch, and their liveness by this agent's clock.
+#[derive(Default)]
+struct LeaseBook {
+    facts: BTreeMap<String, LeaseFacts>,
+    liveness: Liveness,
+}
+
+/// Everything the loops share.
+struct Shared {
+    args: AgentArgs,
+    epoch: Instant,
+    allocations: Store<DeserializeGuard<IPAllocation>>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    l2: Store<DeserializeGuard<L2Announcement>>,
+    leases: Mutex<LeaseBook>,
+    lease_watch_ok: AtomicBool,
+    own: Mutex<OwnLease>,
+    changed: Notify,
+    metrics: Arc<AgentMetrics>,
+    /// The node's links (set once the announcer runs); this node's own eligibility is judged
+    /// from them at once, not from its Lease as the watch echoes it back.
+    links: OnceLock<LinkWatch>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Valid L2Announcements as rules; invalid ones are skipped (the controller reports them).
+    fn rules(&self) -> Vec<AnnouncementRule> {
+        valid(&self.l2)
+            .iter()
+            .filter_map(|l2| match view::rule(l2) {
+                Ok(rule) => Some(rule),
+                Err(message) => {
+                    tracing::debug!(%message, "skipping an invalid L2Announcement");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn own_node(&self) -> Option<NodeView> {
+        let node = self
+            .nodes
+            .get(&reflector::ObjectRef::new(&self.args.node_name))?;
+        let book = lock(&self.leases);
+        let facts = self.facts(&book, &self.args.node_name);
+        Some(view::node_view(
+            &node,
+            facts.as_ref(),
+            &book.liveness,
+            self.now(),
+        ))
+    }
+
+    /// What a node's Lease says; for this node, the interfaces are the ones usable now (a
+    /// link that lost carrier stops counting at once, before the Lease write comes back).
+    fn facts(&self, book: &LeaseBook, node: &str) -> Option<LeaseFacts> {
+        let mut facts = book.facts.get(node).cloned()?;
+        if node == self.args.node_name
+            && let Some(links) = self.links.get()
+        {
+            let (interfaces, default_interface) = usable_interfaces(&links.current());
+            facts.interfaces = interfaces;
+            facts.default_interface = default_interface;
+        }
+        Some(facts)
+    }
+
+    /// Whether this node's agent must hold a Lease (some L2Announcement selects the node).
+    fn needs_lease(&self) -> bool {
+        self.own_node()
+            .is_some_and(|node| ownership::needs_lease(&node, &self.rules()))
+    }
+
+    /// How long a renewal may be in flight before the API counts as unreachable: well before
+    /// any other Lease can expire in this agent's view, so an outage freezes ownership first.
+    fn slow_renewal(&self) -> Duration {
+        (self.args.renew_interval / 4).max(Duration::from_millis(50))
+    }
+
+    /// Whether this node's Lease is being renewed: renewed less than a lease duration ago, the
+    /// last renewal succeeded, and none has been hanging for long. When not, silence from the
+    /// other agents' Leases proves nothing (the API may be unreachable from here).
+    fn own_lease_healthy(&self) -> bool {
+        let own = lock(&self.own);
+        own.renewed
+            .is_some_and(|at| at.elapsed() < self.args.lease_duration)
+            && !own.failing
+            && own
+                .in_flight
+                .is_none_or(|at| at.elapsed() < self.slow_renewal())
+    }
+
+    /// Who owns what, from the current view.
+    fn owners(&self) -> BTreeMap<IpAddr, ownership::Owner> {
+        let now = self.now();
+        let rules = self.rules();
+        let nodes: Vec<NodeView> = {
+            let book = lock(&self.leases);
+            self.nodes
+                .state()
+                .iter()
+                .map(|node| {
+                    let facts = self.facts(&book, &node.name_any());
+                    view::node_view(node, facts.as_ref(), &book.liveness, now)
+                })
+                .collect()
+        };
+        let services = self.services.state();
+        let index = view::index_services(services.iter().map(|s| s.as_ref()));
+        let slices = self.slices.state();
+        let ready = view::ready_nodes(slices.iter().map(|s| s.as_ref()));
+        let addresses: Vec<_> = valid(&self.allocations)
+            .iter()
+            .filter_map(|a| view::address_view(a, &index, &ready))
+            .collect();
+        ownership::assign(&addresses, &rules, &nodes)
+    }
+
+    /// Whether no node has announced `ip` yet (its IPAllocation names no announcer): its first
+    /// announcement is preceded by a probe for another host using it. A takeover from another
+    /// node is not probed, so failover is not delayed.
+    fn never_announced(&self, ip: IpAddr) -> bool {
+        let name = crate::core::names::allocation_name(&ip);
+        self.allocations
+            .get(&reflector::ObjectRef::new(&name))
+            .and_then(|guard| guard.0.as_ref().ok().cloned())
+            .is_none_or(|a| a.status.and_then(|s| s.announcer).is_none())
+    }
+
+    /// When ownership must be computed again although nothing was watched: the next Lease
+    /// expiry, or this node's own Lease going stale.
+    fn next_deadline(&self) -> Instant {
+        let now = self.now();
+        let mut deadline = Instant::now() + self.args.resync;
+        if let Some(expiry) = lock(&self.leases).liveness.next_expiry(now) {
+            deadline = deadline.min(self.epoch + expiry);
+        }
+        let own = lock(&self.own);
+        let stale = own.renewed.map(|at| at + self.args.lease_duration);
+        let slow = own.in_flight.map(|at| at + self.slow_renewal());
+        let settled = own.first_renewed.map(|at| at + self.args.renew_interval);
+        for at in [stale, slow, settled].into_iter().flatten() {
+            if at > Instant::now() {
+                deadline = deadline.min(at);
+            }
+        }
+        deadline
+    }
+}
+
+/// Runs the agent on `client` until `shutdown` resolves (tests pass their own).
+pub async fn run_with(
+    args: AgentArgs,
+    client: Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    tracing::info!(node = %args.node_name, namespace = %args.namespace, "vipam agent starting");
+    let net = NetCounters::default();
+    let metrics = Arc::new(AgentMetrics::new(net.clone()));
+    let (readiness, flags) = Readiness::new(&["caches", "announcer"]);
+    admin::serve(args.admin_addr, metrics.clone(), readiness)
+        .await
+        .map_err(|source| AgentError::Admin {
+            addr: args.admin_addr,
+            source,
+        })?;
+    run_services(
+        args,
+        client,
+        shutdown,
+        metrics,
+        flags,
+        AnnouncerSource::Own(net),
+    )
+    .await
+}
+
+/// Where the Service announcer's announcer comes from.
+pub(crate) enum AnnouncerSource {
+    /// Its own, started once the caches have synced; handed over and shut down at the end.
+    Own(NetCounters),
+    /// A share of one the caller owns (the control-plane VIP runs in the same process); the
+    /// caller hands over and shuts it down.
+    Shared(Share),
+}
+
+/// The Service announcer: watches, this node's liveness Lease, ownership, announcements.
+/// `flags` are the readiness conditions `caches` and `announcer`.
+pub(crate) async fn run_services(
+    args: AgentArgs,
+    client: Client,
+    shutdown: impl Future<Output = ()>,
+    metrics: Arc<AgentMetrics>,
+    flags: Vec<Arc<AtomicBool>>,
+    source: AnnouncerSource,
+) -> Result<(), AgentError> {
+    let (allocations, allocation_writer) = reflector::store();
+    let (services, service_writer) = reflector::store();
+    let (slices, slice_writer) = reflector::store();
+    let (nodes, node_writer) = reflector::store();
+    let (l2, l2_writer) = reflector::store();
+    let shared = Arc::new(Shared {
+        args: args.clone(),
+        epoch: Instant::now(),
+        allocations,
+        services,
+        slices,
+        nodes,
+        l2,
+        leases: Mutex::new(LeaseBook::default()),
+        lease_watch_ok: AtomicBool::new(false),
+        own: Mutex::new(OwnLease::default()),
+        changed: Notify::new(),
+        metrics: metrics.clone(),
+        links: OnceLock::new(),
+    });
+    spawn_reflector(
+        Api::<DeserializeGuard<IPAllocation>>::all(client.clone()),
+        allocation_writer,
+        watcher::Config::default(),
+        trim_metadata,
+        allocation_fingerprint,
+        shared.clone(),
+    );
+    spawn_reflector(
+        Api::<Service>::all(client.clone()),
+        service_writer,
+        watcher::Config::default(),
+        trim_metadata,
+        service_fingerprint,
+        shared.clone(),
+    );
+    spawn_reflector(
+        Api::<EndpointSlice>::all(client.clone()),
+        slice_writer,
+        watcher::Config::default(),
+        trim_metadata,
+        slice_fingerprint,
+        shared.clone(),
+    );
+    spawn_reflector(
+        Api::<Node>::all(client.clone()),
+        node_writer,
+        watcher::Config::default(),
+        trim_node,
+        node_fingerprint,
+        shared.clone(),
+    );
+    spawn_reflector(
+        Api::<DeserializeGuard<L2Announcement>>::all(client.clone()),
+        l2_writer,
+        watcher::Config::default(),
+        trim_metadata,
+        l2_fingerprint,
+        shared.clone(),
+    );
+    let leases_synced = Arc::new(Notify::new());
+    tokio::spawn(watch_leases(
+        client.clone(),
+        shared.clone(),
+        leases_synced.clone(),
+    ));
+
+    let synced = async {
+        let _ = shared.allocations.wait_until_ready().await;
+        let _ = shared.services.wait_until_ready().await;
+        let _ = shared.slices.wait_until_ready().await;
+        let _ = shared.nodes.wait_until_ready().await;
+        let _ = shared.l2.wait_until_ready().await;
+        while !shared.lease_watch_ok.load(Ordering::Acquire) {
+            leases_synced.notified().await;
+        }
+    };
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = synced => {}
+        _ = &mut shutdown => {
+            tracing::info!("stopped before the caches synced; nothing was announced");
+            return Ok(());
+        }
+    }
+    flags[0].store(true, Ordering::Release);
+    tracing::info!("caches synced");
+
+    let (announcer, own_shares) = match source {
+        AnnouncerSource::Own(net) => {
+            let announcer = Announcer::start(
+                AnnouncerConfig {
+                    garp_interval: args.garp_interval,
+                    resync: args.resync,
+                    state_dir: args.state_dir.clone(),
+                    marker: Marker::SERVICES,
+                },
+                net,
+            )
+            .await
+            .map_err(AgentError::Announcer)?;
+            let (shares, mut handles) = AnnouncerShares::new(announcer, &["services"]);
+            (handles.remove(0), Some(shares))
+        }
+        AnnouncerSource::Shared(share) => (share, None),
+    };
+    let _ = shared.links.set(announcer.links().clone());
+    let announcer = Arc::new(announcer);
+    flags[1].store(true, Ordering::Release);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (report_tx, report_rx) = watch::channel(BTreeMap::new());
+    let lease_task = tokio::spawn(renew_lease(client.clone(), shared.clone(), stop_rx.clone()));
+    let report_task = tokio::spawn(report_announcer(
+        client.clone(),
+        shared.clone(),
+        announcer.clone(),
+        report_rx,
+    ));
+    let decide_task = tokio::spawn(decide(
+        shared.clone(),
+        announcer.clone(),
+        report_tx,
+        stop_rx.clone(),
+    ));
+
+    shutdown.await;
+    // Graceful handover: stop deciding (so losing our own Lease does not silence us early),
+    // give up the Lease so the others re-decide at once, keep answering until they announce.
+    let _ = stop_tx.send(true);
+    let _ = decide_task.await;
+    let _ = lease_task.await;
+    report_task.abort();
+    let handover = Instant::now();
+    release_lease(&client, &shared).await;
+    let Some(own_shares) = own_shares else {
+        // The owner of the shared announcer hands over for every part at once.
+        return Ok(());
+    };
+    own_shares.hand_over(args.handover_timeout, handover).await;
+    Ok(())
+}
