@@ -23,6 +23,11 @@ use agentlab::{AgentFlags, AgentLab, NODES, gap_after};
 use serde_json::json;
 
 const TRIALS: usize = 10;
+/// How long one probe waits for an answer (as in the tests: generous).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A probe timeout short enough that a probe lost inside a takeover does not hide how long the
+/// takeover took (a probe that left for the old owner's MAC waits this long).
+const SHORT_PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 
 fn main() {
     let filter: Vec<String> = std::env::args()
@@ -82,6 +87,38 @@ fn wait_reach(lab: &AgentLab, vip: IpAddr, node: &str) {
     }
 }
 
+/// Waits until a node announces `vip` and the client reaches it, then runs `event` on that
+/// owner while probing every 10 ms (each probe gives up after `probe_timeout`); returns the
+/// owner and the time from the event to the first answer from another node.
+fn measure_gap(
+    lab: &AgentLab,
+    vip: IpAddr,
+    probe_timeout: Duration,
+    event: impl FnOnce(&str),
+) -> (String, Duration) {
+    let owner = lab.wait_announcer(vip, None, Duration::from_secs(20));
+    wait_reach(lab, vip, &owner);
+    std::thread::sleep(Duration::from_millis(500));
+    let prober = lab.prober_with(Duration::from_millis(10), move |_| {
+        agentlab::probe(vip, probe_timeout)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let at = Instant::now();
+    event(&owner);
+    let deadline = at + Duration::from_secs(10);
+    loop {
+        if let Some((gap, _)) = gap_after(&prober.samples(), at, &owner) {
+            return (owner, gap);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no takeover from {owner}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Crash (kill -9) and graceful (SIGTERM) failover gaps: from the signal to the first answer
 /// from another node, probing every 10 ms.
 fn gaps(label: &str, flags: AgentFlags) {
@@ -94,27 +131,10 @@ fn gaps(label: &str, flags: AgentFlags) {
     let mut crash = Vec::new();
     let mut graceful = Vec::new();
     for trial in 0..2 * TRIALS {
-        let owner = lab.wait_announcer(vip, None, Duration::from_secs(20));
-        wait_reach(&lab, vip, &owner);
-        std::thread::sleep(Duration::from_millis(500));
-        let prober = lab.prober(vip, Duration::from_millis(10));
-        std::thread::sleep(Duration::from_millis(200));
         let graceful_trial = trial % 2 == 1;
-        let at = Instant::now();
-        lab.signal_agent(&owner, if graceful_trial { "TERM" } else { "KILL" });
-        let deadline = at + Duration::from_secs(10);
-        let gap = loop {
-            if let Some((gap, _)) = gap_after(&prober.samples(), at, &owner) {
-                break gap;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no takeover after {owner} stopped\n{}",
-                lab.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        drop(prober);
+        let (owner, gap) = measure_gap(&lab, vip, PROBE_TIMEOUT, |owner| {
+            lab.signal_agent(owner, if graceful_trial { "TERM" } else { "KILL" })
+        });
         if graceful_trial {
             graceful.push(gap);
         } else {
@@ -140,35 +160,28 @@ fn carrier_loss() {
     lab.seed_service("web", vip, false);
     lab.start_all();
     let mut gaps = Vec::new();
+    let mut short = Vec::new();
     for _ in 0..TRIALS {
-        let owner = lab.wait_announcer(vip, None, Duration::from_secs(20));
-        wait_reach(&lab, vip, &owner);
-        std::thread::sleep(Duration::from_millis(500));
-        let prober = lab.prober(vip, Duration::from_millis(10));
-        std::thread::sleep(Duration::from_millis(200));
-        let at = Instant::now();
-        lab.net.set_lan_port(&owner, false);
-        let deadline = at + Duration::from_secs(10);
-        let gap = loop {
-            if let Some((gap, _)) = gap_after(&prober.samples(), at, &owner) {
-                break gap;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no takeover after {owner} lost carrier\n{}",
-                lab.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        drop(prober);
-        gaps.push(gap);
-        lab.net.set_lan_port(&owner, true);
-        // The node with carrier again wins its addresses back (rendezvous): let that settle.
-        std::thread::sleep(Duration::from_secs(3));
+        for (timeout, gaps) in [
+            (PROBE_TIMEOUT, &mut gaps),
+            (SHORT_PROBE_TIMEOUT, &mut short),
+        ] {
+            let (owner, gap) = measure_gap(&lab, vip, timeout, |owner| {
+                lab.net.set_lan_port(owner, false)
+            });
+            gaps.push(gap);
+            lab.net.set_lan_port(&owner, true);
+            // The node with carrier again wins its addresses back (rendezvous): settle.
+            std::thread::sleep(Duration::from_secs(3));
+        }
     }
     summary(
-        "carrier loss on the owner's LAN port, default timings",
+        "carrier loss on the owner's LAN port, default timings, probe timeout 500 ms",
         gaps,
+    );
+    summary(
+        "carrier loss on the owner's LAN port, default timings, probe timeout 50 ms",
+        short,
     );
 }
 

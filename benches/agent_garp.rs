@@ -98,13 +98,10 @@ fn main() {
     let mut samples = Vec::with_capacity(gains);
     let mut by_mode: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut set_returned = Vec::with_capacity(gains);
-    for round in 0..gains {
+    // One gain: withdraw everything, then gain the round's address; returns how long set()
+    // took and when its gratuitous ARP arrived, both from the call.
+    let gain = |round: usize, mode: AnnounceMode, probe_first: bool| -> (Duration, Duration) {
         let addr = Ipv4Addr::new(198, 51, 100, 1 + (round % 250) as u8);
-        let mode = if round % 2 == 0 {
-            AnnounceMode::Arp
-        } else {
-            AnnounceMode::Address
-        };
         local.block_on(announcer.set(BTreeMap::new())).unwrap();
         // Drop GARPs (bursts) of earlier rounds.
         std::thread::sleep(Duration::from_millis(5));
@@ -114,51 +111,37 @@ fn main() {
             Target {
                 interface: "eth0".into(),
                 mode,
-                probe_first: false,
+                probe_first,
             },
         )]);
         let start = Instant::now();
         local.block_on(announcer.set(desired)).unwrap();
-        set_returned.push(start.elapsed());
+        let returned = start.elapsed();
         loop {
             let (at, got) = garps
                 .recv_timeout(Duration::from_secs(2))
                 .unwrap_or_else(|_| panic!("no gratuitous ARP for {addr} within 2 s"));
             if got == addr {
-                samples.push(at - start);
-                by_mode[round % 2].push(at - start);
-                break;
+                return (returned, at - start);
             }
         }
+    };
+    for round in 0..gains {
+        let mode = if round % 2 == 0 {
+            AnnounceMode::Arp
+        } else {
+            AnnounceMode::Address
+        };
+        let (returned, garp) = gain(round, mode, false);
+        set_returned.push(returned);
+        samples.push(garp);
+        by_mode[round % 2].push(garp);
     }
     // Duplicate address detection: the same, with a probe before the first announcement (an
     // address no node announced before). Nobody answers, so this is the probe's delay.
-    let mut probed = Vec::new();
-    for round in 0..PROBED_GAINS {
-        let addr = Ipv4Addr::new(198, 51, 100, 1 + (round % 250) as u8);
-        local.block_on(announcer.set(BTreeMap::new())).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        while garps.try_recv().is_ok() {}
-        let desired = BTreeMap::from([(
-            IpAddr::V4(addr),
-            Target {
-                interface: "eth0".into(),
-                mode: AnnounceMode::Arp,
-                probe_first: true,
-            },
-        )]);
-        let start = Instant::now();
-        local.block_on(announcer.set(desired)).unwrap();
-        loop {
-            let (at, got) = garps
-                .recv_timeout(Duration::from_secs(2))
-                .unwrap_or_else(|_| panic!("no gratuitous ARP for {addr} within 2 s"));
-            if got == addr {
-                probed.push(at - start);
-                break;
-            }
-        }
-    }
+    let mut probed: Vec<Duration> = (0..PROBED_GAINS)
+        .map(|round| gain(round, AnnounceMode::Arp, true).1)
+        .collect();
     local.block_on(announcer.shutdown()).unwrap();
     let _ = stop_tx.send(());
     node.join().unwrap();

@@ -88,6 +88,12 @@ impl Agent {
     }
 
     fn set(&self, desired: &[(&str, &str, AnnounceMode)]) {
+        self.set_with(desired, false);
+    }
+
+    /// Sets the desired state; with `probe_first`, each address is probed for before its
+    /// first announcement.
+    fn set_with(&self, desired: &[(&str, &str, AnnounceMode)], probe_first: bool) {
         let map: BTreeMap<IpAddr, Target> = desired
             .iter()
             .map(|(addr, interface, mode)| {
@@ -96,7 +102,7 @@ impl Agent {
                     Target {
                         interface: interface.to_string(),
                         mode: *mode,
-                        probe_first: false,
+                        probe_first,
                     },
                 )
             })
@@ -1017,24 +1023,6 @@ fn frames_of_other_vlans_are_neither_answered_nor_claims() {
 }
 
 impl Agent {
-    /// Like [`Agent::set`], probing the LAN before each address's first announcement.
-    fn set_probing(&self, desired: &[(&str, &str, AnnounceMode)]) {
-        let map: BTreeMap<IpAddr, Target> = desired
-            .iter()
-            .map(|(addr, interface, mode)| {
-                (
-                    ip(addr),
-                    Target {
-                        interface: interface.to_string(),
-                        mode: *mode,
-                        probe_first: true,
-                    },
-                )
-            })
-            .collect();
-        self.rt.block_on(self.a().set(map)).expect("set");
-    }
-
     fn conflicts(&self) -> Vec<(IpAddr, String)> {
         self.a()
             .conflicts()
@@ -1073,11 +1061,14 @@ fn an_address_another_host_holds_is_not_announced_until_it_lets_go() {
     );
     let agent = Agent::start(&lab, "node1", Duration::from_secs(10));
     let started = Instant::now();
-    agent.set_probing(&[
-        ("192.0.2.81", "eth0", ARP),
-        ("2001:db8:1::81", "eth0", ARP),
-        ("192.0.2.82", "eth0", ARP),
-    ]);
+    agent.set_with(
+        &[
+            ("192.0.2.81", "eth0", ARP),
+            ("2001:db8:1::81", "eth0", ARP),
+            ("192.0.2.82", "eth0", ARP),
+        ],
+        true,
+    );
     // Nothing is announced during the probe.
     assert!(agent.announced().is_empty(), "{:?}", agent.announced());
     eventually(Duration::from_secs(3), "the free address announced", || {
