@@ -232,14 +232,19 @@ fn spawn_reflector<K>(
 
 /// What the agents report on an allocation (`status.announcer`, `status.conflict`): a change
 /// of it is reflected on the Services at once (a new cache generation wakes the controller).
+/// The controller's own status writes (phase, conditions) change nothing here, so they never
+/// cause a pass.
 fn agent_report(
     allocation: &IPAllocation,
-) -> Option<(
+) -> (
     Option<crate::api::Announcer>,
     Option<crate::api::AddressConflict>,
-)> {
-    let status = allocation.status.as_ref()?;
-    Some((status.announcer.clone(), status.conflict.clone()))
+) {
+    let status = allocation.status.as_ref();
+    (
+        status.and_then(|s| s.announcer.clone()),
+        status.and_then(|s| s.conflict.clone()),
+    )
 }
 
 fn spawn_ledger_watch(
