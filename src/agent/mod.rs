@@ -4,14 +4,18 @@
 //! See docs/agent.md.
 
 pub mod announcer;
+pub mod error;
 pub mod net;
 
 pub mod control_plane;
 pub mod metrics;
 pub mod run;
+pub mod shares;
+pub mod signals;
 pub mod view;
 
-pub use run::{AgentError, run, run_with};
+pub use error::{AgentError, ControlPlaneError};
+pub use run::run_with;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,4 +61,20 @@ pub struct AgentArgs {
     pub handover_timeout: Duration,
     #[command(flatten)]
     pub control_plane: control_plane::ControlPlaneArgs,
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then hands its addresses over.
+/// With --control-plane, runs the control-plane VIP instead (and the Service announcer only
+/// with --announce-services; see `super::control_plane`).
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    if args.control_plane.control_plane {
+        return control_plane::run(args).await;
+    }
+    if args.node_name.is_empty() {
+        return Err(AgentError::MissingNodeName);
+    }
+    let client = kube::Client::try_default()
+        .await
+        .map_err(AgentError::Connect)?;
+    run::run_with(args, client, signals::shutdown_signal()).await
 }

@@ -12,8 +12,6 @@
 //! With `--announce-services` the Service announcer runs in the same process, sharing one
 //! announcer ([`shares`]).
 
-pub mod shares;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -39,16 +37,18 @@ use tokio::sync::{Notify, watch};
 
 use super::AgentArgs;
 use super::announcer::{Announcer, AnnouncerConfig, NetCounters, Target};
+use super::error::{AgentError, ControlPlaneError};
 use super::metrics::AgentMetrics;
 use super::net::NetError;
-use super::run::{self, AgentError, AnnouncerSource};
+use super::run::{self, AnnouncerSource};
+use super::shares::{AnnouncerShares, Share};
+use super::signals;
 use super::view::LEASE_DURATION_MS_ANNOTATION;
 use crate::admin::{self, MetricsText, Readiness, encode_registry};
 use crate::controller::parse_duration;
 use crate::core::category::Category;
 use crate::core::election::{self, Health, Hold, Inputs, LeaseAction, LeaseView, VipState};
 use crate::core::ownership::{AnnounceMode, Liveness};
-use shares::{AnnouncerShares, Share};
 
 /// The Lease the control-plane nodes compete for.
 pub const LEASE_NAME: &str = "vipam-control-plane";
@@ -106,42 +106,6 @@ pub struct ControlPlaneArgs {
     /// CRDs, so off by default: a static pod runs before they exist).
     #[arg(long, env = "VIPAM_ANNOUNCE_SERVICES")]
     pub announce_services: bool,
-}
-
-/// Why the control-plane VIP could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlPlaneError {
-    #[error("--control-plane needs {0}")]
-    Missing(&'static str),
-    #[error("no node name: pass --node-name or NODE_NAME ({0})")]
-    NodeName(String),
-    #[error("reading the kubeconfig {}: {source}", path.display())]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error("loading the Kubernetes client configuration: {0}")]
-    Infer(#[source] kube::config::InferConfigError),
-    #[error("invalid {flag} {value:?}: {reason}")]
-    Url {
-        flag: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error("building a Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
-}
-
-impl Category for ControlPlaneError {
-    fn category(&self) -> &'static str {
-        match self {
-            ControlPlaneError::Missing(_) | ControlPlaneError::NodeName(_) => "usage",
-            ControlPlaneError::Kubeconfig { .. } | ControlPlaneError::Infer(_) => "config",
-            ControlPlaneError::Url { .. } => "usage",
-            ControlPlaneError::Client(_) => "connect",
-        }
-    }
 }
 
 /// This node's name: --node-name, else the host name (lower case, as the kubelet registers
@@ -298,7 +262,7 @@ pub async fn run(mut args: AgentArgs) -> Result<(), AgentError> {
         .unwrap_or_else(|| format!("https://127.0.0.1:{}/readyz", cp.port));
     let health = HealthProbe::new(&config, &health_url, cp.health_interval)?;
     let client = Client::try_from(config).map_err(ControlPlaneError::Client)?;
-    run_with(args, client, health, run::shutdown_signal()).await
+    run_with(args, client, health, signals::shutdown_signal()).await
 }
 
 /// Labels of counters split by result.

@@ -24,13 +24,12 @@ use tokio::sync::{Notify, watch};
 
 use super::AgentArgs;
 use super::announcer::{Announcer, AnnouncerConfig, Conflict, NetCounters, Target};
-use super::control_plane::ControlPlaneError;
-use super::control_plane::shares::{AnnouncerShares, Share};
+use super::error::AgentError;
 use super::metrics::{AgentMetrics, ChangeLabel};
-use super::net::NetError;
 use super::net::address::Marker;
 use super::net::links::{LinkWatch, NetState};
 use super::net::packet::MacAddr;
+use super::shares::{AnnouncerShares, Share};
 use super::view::{
     self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION,
     LEASE_DURATION_MS_ANNOTATION, LeaseFacts, MACS_ANNOTATION,
@@ -54,61 +53,6 @@ use report::*;
 
 /// Field manager of the agent's writes.
 pub const FIELD_MANAGER: &str = "vipam-agent";
-
-/// Why the agent stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("connecting to the Kubernetes API: {0}")]
-    Connect(#[source] kube::Error),
-    #[error("starting the announcer: {0}")]
-    Announcer(#[source] NetError),
-    #[error("serving the admin endpoints on {addr}: {source}")]
-    Admin {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("--node-name (or NODE_NAME) is required without --control-plane")]
-    MissingNodeName,
-    #[error("control-plane VIP: {0}")]
-    ControlPlane(#[from] ControlPlaneError),
-}
-
-impl Category for AgentError {
-    fn category(&self) -> &'static str {
-        match self {
-            AgentError::Connect(_) => "connect",
-            AgentError::Announcer(_) => "announcer",
-            AgentError::Admin { .. } => "admin",
-            AgentError::MissingNodeName => "usage",
-            AgentError::ControlPlane(err) => err.category(),
-        }
-    }
-}
-
-/// Runs the agent until SIGTERM or SIGINT, then hands its addresses over.
-/// With --control-plane, runs the control-plane VIP instead (and the Service announcer only
-/// with --announce-services; see `super::control_plane`).
-pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
-    if args.control_plane.control_plane {
-        return super::control_plane::run(args).await;
-    }
-    if args.node_name.is_empty() {
-        return Err(AgentError::MissingNodeName);
-    }
-    let client = Client::try_default().await.map_err(AgentError::Connect)?;
-    run_with(args, client, shutdown_signal()).await
-}
-
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: handing over"),
-        _ = int.recv() => tracing::info!("SIGINT: handing over"),
-    }
-}
 
 /// This node's agent Lease, as far as this process knows.
 #[derive(Default)]
