@@ -1121,21 +1121,16 @@ impl State {
             (None, Some(h)) if h.active.is_some() => h.target.interface.clone(),
             _ => return,
         };
-        if active && let Some(held) = self.held.get_mut(&ip) {
-            let target = held.target.clone();
-            let active = held.active.take();
-            if let Some(active) = active {
-                let was = Held {
-                    target,
-                    active: Some(active),
-                };
-                if let Err(e) = self.deactivate(shared, ip, &was) {
-                    shared.counters.error(e.category());
-                    tracing::warn!(%ip, error = %e, "withdrawing an address in conflict");
-                }
-                if let Err(e) = self.addrs.flush() {
-                    tracing::warn!(error = %e, "writing the address record");
-                }
+        // Withdraw an active address; it stays held (inactive) for the rechecks.
+        if active && let Some(mut held) = self.held.remove(&ip) {
+            if let Err(e) = self.deactivate(shared, ip, &held) {
+                shared.counters.error(e.category());
+                tracing::warn!(%ip, error = %e, "withdrawing an address in conflict");
+            }
+            held.active = None;
+            self.held.insert(ip, held);
+            if let Err(e) = self.addrs.flush() {
+                tracing::warn!(error = %e, "writing the address record");
             }
         }
         let now = Instant::now();
@@ -1241,6 +1236,15 @@ impl State {
             if let Err(e) = self.activate_pending(shared) {
                 shared.counters.error(e.category());
                 tracing::warn!(error = %e, "probing addresses in conflict again");
+            }
+            // The next recheck is a full period away, whether a probe started (it ends within
+            // PROBE_WAIT, by announcing or by a new claim that resets this) or not (the
+            // interface is missing): a recheck time left in the past would wake the engine
+            // in a loop.
+            for ip in due {
+                if let Some(conflict) = self.conflicts.get_mut(&ip) {
+                    conflict.recheck_at = now + CONFLICT_RECHECK;
+                }
             }
         }
         changed

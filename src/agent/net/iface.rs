@@ -10,7 +10,7 @@ use std::io;
 use regex::Regex;
 
 use super::NetError;
-use super::address::{Netlink, RTM_GETLINK, attrs};
+use super::address::{NLM_F_DUMP, Netlink, RTM_GETLINK, attrs};
 use super::packet::MacAddr;
 
 const IFLA_ADDRESS: u16 = 1;
@@ -18,7 +18,6 @@ const IFLA_IFNAME: u16 = 3;
 const IFF_UP: u32 = 0x1;
 /// The link has carrier (RFC 2863 operational state "up" below the IP layer).
 const IFF_LOWER_UP: u32 = 0x1_0000;
-const NLM_F_DUMP: u16 = 0x300;
 /// RTF_UP and RTF_REJECT of route flags.
 const RTF_UP: u32 = 0x1;
 const RTF_REJECT: u32 = 0x200;

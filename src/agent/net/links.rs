@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use super::NetError;
-use super::address::{Netlink, RTM_GETLINK, messages};
+use super::address::{Netlink, messages};
 use super::iface::{self, Interface};
 
 const RTMGRP_LINK: u32 = 0x1;
@@ -37,7 +37,6 @@ const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
-const NLM_F_DUMP: u16 = 0x300;
 
 /// After a failed dump, the watcher tries again this long later.
 const RETRY: Duration = Duration::from_secs(1);
@@ -107,19 +106,6 @@ fn netlink_error(op: &'static str) -> impl FnOnce(io::Error) -> NetError {
     move |source| NetError::Netlink { op, source }
 }
 
-fn dump_links(nl: &mut Netlink) -> Result<Vec<Interface>, NetError> {
-    let body = [0u8; 16]; // struct ifinfomsg, AF_UNSPEC
-    let replies = nl
-        .request(RTM_GETLINK, NLM_F_DUMP, &body)
-        .map_err(netlink_error("list interfaces"))?;
-    let mut out: Vec<Interface> = replies
-        .iter()
-        .filter_map(|p| iface::parse_link(p))
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
 /// What a batch of notifications asks the watcher to read again.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Dirty {
@@ -163,7 +149,7 @@ fn watcher(ready: oneshot::Sender<Result<watch::Receiver<Arc<NetState>>, NetErro
         .map_err(netlink_error("subscribe to link changes"))
         .and_then(|sub| {
             let mut requests = Netlink::open(0, false).map_err(netlink_error("open"))?;
-            let interfaces = dump_links(&mut requests)?;
+            let interfaces = iface::list_with(&mut requests)?;
             Ok((sub, requests, interfaces))
         });
     let (sub, mut requests, interfaces) = match opened {
@@ -216,7 +202,7 @@ fn watcher(ready: oneshot::Sender<Result<watch::Receiver<Arc<NetState>>, NetErro
             continue;
         }
         let links = if dirty.links {
-            match dump_links(&mut requests) {
+            match iface::list_with(&mut requests) {
                 Ok(links) => Some(links),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the interfaces; retrying");
