@@ -1,6 +1,5 @@
-//! Kernel addresses through NETLINK_ROUTE, written by hand (the messages are small and fixed):
-//! list, add and remove IPv4 /32 and IPv6 /128 addresses, marked as ours, plus the agent's own
-//! record of what it added, and a subscription to address and link changes.
+//! Kernel addresses through NETLINK_ROUTE ([`super::netlink`]): list, add and remove IPv4 /32
+//! and IPv6 /128 addresses, marked as ours, plus the agent's own record of what it added.
 //!
 //! # What makes an address "ours" (DESIGN invariant 4)
 //!
@@ -19,14 +18,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
-use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use serde::{Deserialize, Serialize};
 
 use super::NetError;
+use super::netlink::Netlink;
 
 /// The `IFA_PROTO` value marking addresses added by vipam: 0x56, ASCII 'V'. The kernel reserves
 /// 0-3 (unspec, loopback, kernel link-local, kernel RA); other values are free for user space
@@ -77,210 +81,10 @@ impl Default for Marker {
 
 /// Name of the record file in the state directory.
 pub const RECORD_FILE: &str = "addresses.json";
-
-// linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h, linux/if_link.h
-const NLMSG_HDR_LEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-pub(crate) const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-pub(crate) const RTM_GETLINK: u16 = 18;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_GETADDR: u16 = 22;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_LABEL: u16 = 3;
-const IFA_FLAGS: u16 = 8;
-const IFA_PROTO: u16 = 11;
 /// No duplicate address detection (IPv6): usable at once, and a takeover is not refused.
 pub const IFA_F_NODAD: u32 = 0x02;
 /// Longest interface name (IFNAMSIZ minus the terminating NUL).
 pub const IFNAME_MAX: usize = 15;
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// Appends one route attribute (rtattr) to `out`, padded to 4 bytes.
-pub(crate) fn push_attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(data);
-    out.resize(out.len() + align4(len) - len, 0);
-}
-
-/// Iterates over route attributes; stops at the first malformed one.
-pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let kind = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff; // strip NLA_F_NESTED/BYTEORDER
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let data = &b[4..len];
-        b = b.get(align4(len)..).unwrap_or(&[]);
-        Some((kind, data))
-    })
-}
-
-/// Splits a buffer of netlink messages into (type, flags, seq, payload).
-pub(crate) fn messages(mut b: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < NLMSG_HDR_LEN {
-            return None;
-        }
-        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        if len < NLMSG_HDR_LEN || len > b.len() {
-            return None;
-        }
-        let kind = u16::from_ne_bytes([b[4], b[5]]);
-        let flags = u16::from_ne_bytes([b[6], b[7]]);
-        let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-        let payload = &b[NLMSG_HDR_LEN..len];
-        b = b.get(align4(len)..).unwrap_or(&[]);
-        Some((kind, flags, seq, payload))
-    })
-}
-
-/// A NETLINK_ROUTE socket of the calling thread's network namespace.
-#[derive(Debug)]
-pub(crate) struct Netlink {
-    fd: OwnedFd,
-    seq: u32,
-}
-
-impl Netlink {
-    /// Opens a socket subscribed to `groups` (0 for plain requests).
-    pub(crate) fn open(groups: u32, nonblocking: bool) -> io::Result<Netlink> {
-        let mut ty = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
-        if nonblocking {
-            ty |= libc::SOCK_NONBLOCK;
-        }
-        // SAFETY: plain socket(2) call; the result is checked.
-        let raw = cvt(unsafe { libc::socket(libc::AF_NETLINK, ty, libc::NETLINK_ROUTE) })?;
-        // SAFETY: fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain data; zero is valid (pid 0: the kernel assigns one).
-        let mut sa: libc::sockaddr_nl = unsafe { mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups = groups;
-        // SAFETY: valid sockaddr_nl and its size.
-        cvt(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_nl).cast(),
-                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        })?;
-        if !nonblocking {
-            // A request never waits long for the kernel; bound it anyway.
-            let tv = libc::timeval {
-                tv_sec: 2,
-                tv_usec: 0,
-            };
-            // SAFETY: valid timeval and its size.
-            cvt(unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&tv as *const libc::timeval).cast(),
-                    mem::size_of::<libc::timeval>() as libc::socklen_t,
-                )
-            })?;
-        }
-        Ok(Netlink { fd, seq: 1 })
-    }
-
-    pub(crate) fn recv_into(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.recv_with(buf, 0)
-    }
-
-    /// recv(2) with `flags` (e.g. `MSG_DONTWAIT` to drain a blocking socket).
-    pub(crate) fn recv_with(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                flags,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// Sends one request and collects the payloads of its replies. Dumps end at NLMSG_DONE;
-    /// other requests ask for an acknowledgement. A negative acknowledgement is the errno.
-    pub(crate) fn request(
-        &mut self,
-        kind: u16,
-        flags: u16,
-        body: &[u8],
-    ) -> io::Result<Vec<Vec<u8>>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let flags = flags | NLM_F_REQUEST | if dump { 0 } else { NLM_F_ACK };
-        let len = NLMSG_HDR_LEN + body.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        msg.extend_from_slice(&flags.to_ne_bytes());
-        msg.extend_from_slice(&seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(body);
-        // SAFETY: `msg` is valid for reads of its length.
-        let sent = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = self.recv_into(&mut buf)?;
-            for (mkind, _mflags, mseq, payload) in messages(&buf[..n]) {
-                if mseq != seq {
-                    continue; // a late answer to an earlier request that timed out
-                }
-                match mkind {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = payload
-                            .get(..4)
-                            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                            .unwrap_or(-libc::EPROTO);
-                        if code != 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
-                        return Ok(out);
-                    }
-                    _ => out.push(payload.to_vec()),
-                }
-            }
-        }
-    }
-}
 
 /// An address as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,119 +109,89 @@ impl KernelAddr {
         }
     }
 }
-
-fn family(ip: IpAddr) -> u8 {
-    match ip {
-        IpAddr::V4(_) => libc::AF_INET as u8,
-        IpAddr::V6(_) => libc::AF_INET6 as u8,
-    }
-}
-
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
-
-fn ifaddrmsg(ip: IpAddr, flags: u8, ifindex: u32) -> Vec<u8> {
-    let prefix = match ip {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
+fn header(ip: IpAddr, ifindex: u32) -> AddressHeader {
+    let (family, prefix_len) = match ip {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
     };
-    let mut b = vec![family(ip), prefix, flags, 0];
-    b.extend_from_slice(&ifindex.to_ne_bytes());
-    b
+    AddressHeader {
+        family,
+        prefix_len,
+        flags: AddressHeaderFlags::empty(),
+        scope: AddressScope::Universe,
+        index: ifindex,
+    }
 }
 
-/// The Service announcer's label `<ifname>:vipam`, when it fits in 15 bytes.
+/// The IPv4 label the Service announcer gives an address on `ifname` (`<ifname>:vipam`), when
+/// it fits in 15 bytes.
 pub fn label_for(ifname: &str) -> Option<String> {
     Marker::SERVICES.label_for(ifname)
 }
 
-/// The body of an RTM_NEWADDR adding `ip` as /32 or /128 on `ifindex`, marked as ours.
-pub fn new_addr_body(ip: IpAddr, ifindex: u32, ifname: &str, marker: Marker) -> Vec<u8> {
-    let flags = match ip {
-        IpAddr::V4(_) => 0,
-        IpAddr::V6(_) => IFA_F_NODAD,
-    };
-    let mut b = ifaddrmsg(ip, flags as u8, ifindex);
-    let bytes = ip_bytes(ip);
-    push_attr(&mut b, IFA_LOCAL, &bytes);
-    push_attr(&mut b, IFA_ADDRESS, &bytes);
+/// The RTM_NEWADDR message adding `ip` as /32 or /128 on `ifindex`, marked as ours.
+pub fn new_addr_message(ip: IpAddr, ifindex: u32, ifname: &str, marker: Marker) -> AddressMessage {
+    let mut message = AddressMessage::default();
+    message.header = header(ip, ifindex);
+    let mut flags = AddressFlags::empty();
+    if ip.is_ipv6() {
+        flags |= AddressFlags::Nodad;
+        message.header.flags |= AddressHeaderFlags::Nodad;
+    }
+    message.attributes.push(AddressAttribute::Local(ip));
+    message.attributes.push(AddressAttribute::Address(ip));
     if ip.is_ipv4()
         && let Some(label) = marker.label_for(ifname)
     {
-        let mut l = label.into_bytes();
-        l.push(0);
-        push_attr(&mut b, IFA_LABEL, &l);
+        message.attributes.push(AddressAttribute::Label(label));
     }
-    push_attr(&mut b, IFA_FLAGS, &flags.to_ne_bytes());
-    push_attr(&mut b, IFA_PROTO, &[marker.proto]);
-    b
+    message.attributes.push(AddressAttribute::Flags(flags));
+    message
+        .attributes
+        .push(AddressAttribute::Protocol(marker.proto.into()));
+    message
 }
 
-fn del_addr_body(ip: IpAddr, ifindex: u32) -> Vec<u8> {
-    let mut b = ifaddrmsg(ip, 0, ifindex);
-    let bytes = ip_bytes(ip);
-    push_attr(&mut b, IFA_LOCAL, &bytes);
-    push_attr(&mut b, IFA_ADDRESS, &bytes);
-    b
+fn del_addr_message(ip: IpAddr, ifindex: u32) -> AddressMessage {
+    let mut message = AddressMessage::default();
+    message.header = header(ip, ifindex);
+    message.attributes.push(AddressAttribute::Local(ip));
+    message.attributes.push(AddressAttribute::Address(ip));
+    message
 }
 
-/// Parses the payload of an RTM_NEWADDR message (as in dumps and notifications).
-pub fn parse_addr(payload: &[u8]) -> Option<KernelAddr> {
-    if payload.len() < 8 {
-        return None;
-    }
-    let fam = payload[0];
-    let prefix_len = payload[1];
-    let mut flags = u32::from(payload[2]);
-    let ifindex = u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]);
+/// Reads an address message (from a dump or a notification).
+pub fn parse_addr(message: &AddressMessage) -> Option<KernelAddr> {
     let mut local = None;
     let mut address = None;
     let mut label = None;
+    let mut flags = u32::from(message.header.flags.bits());
     let mut proto = 0;
-    for (kind, data) in attrs(&payload[8..]) {
-        match kind {
-            IFA_LOCAL => local = parse_ip(fam, data),
-            IFA_ADDRESS => address = parse_ip(fam, data),
-            IFA_LABEL => {
-                let s = data.split(|b| *b == 0).next().unwrap_or(&[]);
-                label = Some(String::from_utf8_lossy(s).into_owned());
-            }
-            IFA_FLAGS if data.len() >= 4 => {
-                flags = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]);
-            }
-            IFA_PROTO if !data.is_empty() => proto = data[0],
+    for attribute in &message.attributes {
+        match attribute {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            AddressAttribute::Label(l) => label = Some(l.clone()),
+            AddressAttribute::Flags(f) => flags = f.bits(),
+            AddressAttribute::Protocol(p) => proto = u8::from(*p),
             _ => {}
         }
     }
     // IFA_LOCAL is the address itself; IFA_ADDRESS the peer on point-to-point links. IPv6
     // often sends only IFA_ADDRESS.
     let ip = local.or(address)?;
-    Some(KernelAddr {
+    let family_matches = match ip {
+        IpAddr::V4(_) => message.header.family == AddressFamily::Inet,
+        IpAddr::V6(_) => message.header.family == AddressFamily::Inet6,
+    };
+    family_matches.then(|| KernelAddr {
         ip,
-        prefix_len,
-        ifindex,
+        prefix_len: message.header.prefix_len,
+        ifindex: message.header.index,
         flags,
         label,
         proto,
     })
-}
-
-fn parse_ip(fam: u8, data: &[u8]) -> Option<IpAddr> {
-    if fam == libc::AF_INET as u8 && data.len() == 4 {
-        Some(IpAddr::V4(Ipv4Addr::new(
-            data[0], data[1], data[2], data[3],
-        )))
-    } else if fam == libc::AF_INET6 as u8 && data.len() == 16 {
-        let mut o = [0u8; 16];
-        o.copy_from_slice(data);
-        Some(IpAddr::V6(Ipv6Addr::from(o)))
-    } else {
-        None
-    }
 }
 
 /// One address the agent added, as written in the record file.
@@ -529,7 +303,7 @@ impl AddressManager {
                 Record::default()
             }
         };
-        let nl = Netlink::open(0, false).map_err(|e| NetError::Netlink {
+        let nl = Netlink::open(0).map_err(|e| NetError::Netlink {
             op: "open",
             source: e,
         })?;
@@ -554,15 +328,21 @@ impl AddressManager {
 
     /// Every address of every interface.
     pub fn list(&mut self) -> Result<Vec<KernelAddr>, NetError> {
-        let body = [libc::AF_UNSPEC as u8, 0, 0, 0, 0, 0, 0, 0];
+        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
         let replies = self
             .nl
-            .request(RTM_GETADDR, NLM_F_DUMP, &body)
+            .request(request, NLM_F_DUMP)
             .map_err(|e| NetError::Netlink {
                 op: "list addresses",
                 source: e,
             })?;
-        Ok(replies.iter().filter_map(|p| parse_addr(p)).collect())
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => parse_addr(a),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Interface names by index (for matching record entries).
@@ -624,11 +404,9 @@ impl AddressManager {
         if !was_recorded {
             self.record.store(&self.record_path)?;
         }
-        let body = new_addr_body(ip, ifindex, ifname, self.marker);
-        match self
-            .nl
-            .request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &body)
-        {
+        let request =
+            RouteNetlinkMessage::NewAddress(new_addr_message(ip, ifindex, ifname, self.marker));
+        match self.nl.request(request, NLM_F_CREATE | NLM_F_EXCL) {
             Ok(_) => Ok(Added::Added),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Not added by us now: if it is not ours, it must not stay in the record
@@ -664,8 +442,8 @@ impl AddressManager {
     /// the record (written at the next [`AddressManager::flush`]: an entry that outlives its
     /// address is harmless and pruned later). An address already gone counts as removed.
     pub fn remove(&mut self, addr: &KernelAddr) -> Result<(), NetError> {
-        let body = del_addr_body(addr.ip, addr.ifindex);
-        match self.nl.request(RTM_DELADDR, 0, &body) {
+        let request = RouteNetlinkMessage::DelAddress(del_addr_message(addr.ip, addr.ifindex));
+        match self.nl.request(request, 0) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
@@ -717,6 +495,9 @@ impl AddressManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::net::netlink::messages;
+    use crate::agent::net::netlink::tests::datagram;
+    use netlink_packet_core::NetlinkPayload;
 
     fn addr(ip: &str, prefix_len: u8, ifindex: u32, proto: u8) -> KernelAddr {
         KernelAddr {
@@ -729,6 +510,15 @@ mod tests {
         }
     }
 
+    /// The message as the kernel would read it: serialised, framed, decoded again.
+    fn on_the_wire(message: AddressMessage) -> AddressMessage {
+        let bytes = datagram(vec![RouteNetlinkMessage::NewAddress(message)]);
+        match messages(&bytes).next().unwrap().unwrap().payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => m,
+            other => panic!("not an address message: {other:?}"),
+        }
+    }
+
     #[test]
     fn built_add_message_parses_back() {
         let cases = [
@@ -737,16 +527,47 @@ mod tests {
             ("2001:db8:1::50", "eth0", None, IFA_F_NODAD),
         ];
         for (ip, ifname, label, flags) in cases {
-            let body = new_addr_body(ip.parse().unwrap(), 7, ifname, Marker::SERVICES);
-            let parsed = parse_addr(&body).unwrap();
+            let message = new_addr_message(ip.parse().unwrap(), 7, ifname, Marker::SERVICES);
+            let parsed = parse_addr(&on_the_wire(message)).unwrap();
             assert_eq!(parsed.ip, ip.parse::<IpAddr>().unwrap(), "{ip}");
             assert_eq!(parsed.ifindex, 7);
             assert!(parsed.is_host_route(), "{ip}");
             assert_eq!(parsed.proto, VIPAM_ADDR_PROTO, "{ip}");
             assert_eq!(parsed.label.as_deref(), label, "{ip}");
             assert_eq!(parsed.flags, flags, "{ip}");
-            assert_eq!(body.len() % 4, 0);
         }
+        let cp = new_addr_message(
+            "192.0.2.9".parse().unwrap(),
+            2,
+            "eth0",
+            Marker::CONTROL_PLANE,
+        );
+        let parsed = parse_addr(&on_the_wire(cp)).unwrap();
+        assert_eq!(parsed.proto, CONTROL_PLANE_ADDR_PROTO);
+        assert_eq!(parsed.label.as_deref(), Some("eth0:vipcp"));
+    }
+
+    #[test]
+    fn address_messages_without_a_usable_address_are_skipped() {
+        let mut none = AddressMessage::default();
+        none.header.family = AddressFamily::Inet;
+        assert_eq!(parse_addr(&none), None, "no address attribute");
+        let mut mismatch =
+            new_addr_message("192.0.2.1".parse().unwrap(), 2, "eth0", Marker::SERVICES);
+        mismatch.header.family = AddressFamily::Inet6;
+        assert_eq!(
+            parse_addr(&mismatch),
+            None,
+            "an IPv4 address in an IPv6 message"
+        );
+        // Unmarked (an old kernel, or someone else's): proto 0, flags from the header.
+        let mut plain = del_addr_message("2001:db8::1".parse().unwrap(), 3);
+        plain.header.prefix_len = 64;
+        let parsed = parse_addr(&on_the_wire(plain)).unwrap();
+        assert_eq!(
+            (parsed.proto, parsed.prefix_len, parsed.is_host_route()),
+            (0, 64, false)
+        );
     }
 
     #[test]
@@ -855,30 +676,5 @@ mod tests {
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(Record::load(&path), Err(NetError::State { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn netlink_framing_survives_garbage() {
-        let mut b = Vec::new();
-        push_attr(&mut b, IFA_LABEL, b"eth0\0");
-        push_attr(&mut b, IFA_PROTO, &[1]);
-        let got: Vec<_> = attrs(&b).collect();
-        assert_eq!(
-            got,
-            vec![(IFA_LABEL, &b"eth0\0"[..]), (IFA_PROTO, &[1u8][..])]
-        );
-        for len in 0..b.len() {
-            let _ = attrs(&b[..len]).count();
-            let _ = messages(&b[..len]).count();
-            let _ = parse_addr(&b[..len]);
-        }
-        // A length field pointing past the end stops iteration instead of panicking.
-        let mut bad = b.clone();
-        bad[0] = 200;
-        assert_eq!(attrs(&bad).count(), 0);
-        assert!(
-            parse_addr(&[2, 32, 0, 0, 1, 0, 0, 0]).is_none(),
-            "no address attribute"
-        );
     }
 }

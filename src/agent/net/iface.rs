@@ -1,4 +1,4 @@
-//! The node's network interfaces: list them (netlink RTM_GETLINK), find the one holding the
+//! The node's network interfaces: list them (netlink RTM_GETLINK, [`super::netlink`]), find the one holding the
 //! default route, pick one by name patterns.
 //!
 //! Everything reads the network namespace of the calling *thread* (netlink sockets are
@@ -9,15 +9,14 @@ use std::io;
 
 use regex::Regex;
 
+use netlink_packet_core::NLM_F_DUMP;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+
 use super::NetError;
-use super::address::{NLM_F_DUMP, Netlink, RTM_GETLINK, attrs};
+use super::netlink::Netlink;
 use super::packet::MacAddr;
 
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFF_UP: u32 = 0x1;
-/// The link has carrier (RFC 2863 operational state "up" below the IP layer).
-const IFF_LOWER_UP: u32 = 0x1_0000;
 /// RTF_UP and RTF_REJECT of route flags.
 const RTF_UP: u32 = 0x1;
 const RTF_REJECT: u32 = 0x200;
@@ -43,47 +42,42 @@ impl Interface {
     }
 }
 
-pub(crate) fn parse_link(payload: &[u8]) -> Option<Interface> {
-    // struct ifinfomsg: family u8, pad u8, type u16, index i32, flags u32, change u32
-    if payload.len() < 16 {
-        return None;
-    }
-    let index = u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]);
-    let flags = u32::from_ne_bytes([payload[8], payload[9], payload[10], payload[11]]);
+/// Reads a link message (from a dump or a notification); `None` without a name.
+pub(crate) fn parse_link(message: &LinkMessage) -> Option<Interface> {
     let mut name = None;
     let mut mac = None;
-    for (kind, data) in attrs(&payload[16..]) {
-        match kind {
-            IFLA_IFNAME => {
-                let s = data.split(|b| *b == 0).next().unwrap_or(&[]);
-                name = Some(String::from_utf8_lossy(s).into_owned());
-            }
-            IFLA_ADDRESS if data.len() == 6 => {
-                let mut m = [0u8; 6];
-                m.copy_from_slice(data);
-                mac = Some(MacAddr(m));
-            }
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
             _ => {}
         }
     }
+    let flags = message.header.flags;
     Some(Interface {
         name: name?,
-        index,
-        mac,
-        up: flags & IFF_UP != 0,
-        carrier: flags & IFF_LOWER_UP != 0,
+        index: message.header.index,
+        mac: mac.map(MacAddr),
+        up: flags.contains(LinkFlags::Up),
+        carrier: flags.contains(LinkFlags::LowerUp),
     })
 }
 
 pub(crate) fn list_with(nl: &mut Netlink) -> Result<Vec<Interface>, NetError> {
-    let body = [0u8; 16]; // ifinfomsg, AF_UNSPEC
+    let request = RouteNetlinkMessage::GetLink(LinkMessage::default());
     let replies = nl
-        .request(RTM_GETLINK, NLM_F_DUMP, &body)
+        .request(request, NLM_F_DUMP)
         .map_err(|e| NetError::Netlink {
             op: "list interfaces",
             source: e,
         })?;
-    let mut out: Vec<Interface> = replies.iter().filter_map(|p| parse_link(p)).collect();
+    let mut out: Vec<Interface> = replies
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => parse_link(l),
+            _ => None,
+        })
+        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
@@ -238,14 +232,27 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
     }
 
     #[test]
-    fn parses_link_messages() {
-        let mut b = vec![0u8; 16];
-        b[4..8].copy_from_slice(&7u32.to_ne_bytes());
-        b[8..12].copy_from_slice(&(IFF_UP | 0x40 | IFF_LOWER_UP).to_ne_bytes());
-        super::super::address::push_attr(&mut b, IFLA_IFNAME, b"eth0\0");
-        super::super::address::push_attr(&mut b, IFLA_ADDRESS, &[2, 0, 0, 0, 0, 9]);
+    fn parses_link_messages_from_the_wire() {
+        use crate::agent::net::netlink::{messages, tests::datagram};
+        use netlink_packet_core::NetlinkPayload;
+        let mut message = LinkMessage::default();
+        message.header.index = 7;
+        message.header.flags = LinkFlags::Up | LinkFlags::Running | LinkFlags::LowerUp;
+        message
+            .attributes
+            .push(LinkAttribute::IfName("eth0".into()));
+        message
+            .attributes
+            .push(LinkAttribute::Address(vec![2, 0, 0, 0, 0, 9]));
+        let read = |m: LinkMessage| {
+            let bytes = datagram(vec![RouteNetlinkMessage::NewLink(m)]);
+            match messages(&bytes).next().unwrap().unwrap().payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => parse_link(&l),
+                other => panic!("not a link message: {other:?}"),
+            }
+        };
         assert_eq!(
-            parse_link(&b),
+            read(message.clone()),
             Some(Interface {
                 name: "eth0".into(),
                 index: 7,
@@ -254,11 +261,16 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
                 carrier: true,
             })
         );
-        b[8..12].copy_from_slice(&IFF_UP.to_ne_bytes());
-        let no_carrier = parse_link(&b).unwrap();
+        let mut no_carrier = message.clone();
+        no_carrier.header.flags = LinkFlags::Up;
+        let no_carrier = read(no_carrier).unwrap();
         assert!(no_carrier.up && !no_carrier.carrier && !no_carrier.usable());
-        for len in 0..b.len() {
-            let _ = parse_link(&b[..len]);
-        }
+        // A tunnel: no 6-byte link-layer address, so never usable.
+        let mut tunnel = message.clone();
+        tunnel.attributes[1] = LinkAttribute::Address(vec![192, 0, 2, 1]);
+        assert!(read(tunnel).is_some_and(|i| i.mac.is_none() && !i.usable()));
+        let mut nameless = message;
+        nameless.attributes.remove(0);
+        assert_eq!(read(nameless), None);
     }
 }

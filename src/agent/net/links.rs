@@ -23,20 +23,10 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use super::NetError;
-use super::address::{Netlink, messages};
-use super::iface::{self, Interface};
+use libc::{RTM_DELADDR, RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE};
 
-const RTMGRP_LINK: u32 = 0x1;
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-const RTMGRP_IPV6_IFADDR: u32 = 0x100;
-const RTMGRP_IPV6_ROUTE: u32 = 0x400;
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
+use super::iface::{self, Interface};
+use super::netlink::{Netlink, message_types};
 
 /// After a failed dump, the watcher tries again this long later.
 const RETRY: Duration = Duration::from_secs(1);
@@ -127,7 +117,7 @@ impl Dirty {
 
     /// Marks what the notifications in `datagram` changed.
     fn note(&mut self, datagram: &[u8]) {
-        for (kind, _, _, _) in messages(datagram) {
+        for kind in message_types(datagram) {
             match kind {
                 RTM_NEWLINK | RTM_DELLINK => self.links = true,
                 RTM_NEWADDR | RTM_DELADDR => self.addresses = true,
@@ -139,20 +129,20 @@ impl Dirty {
 }
 
 fn watcher(ready: oneshot::Sender<Result<watch::Receiver<Arc<NetState>>, NetError>>) {
-    let groups = RTMGRP_LINK
-        | RTMGRP_IPV4_IFADDR
-        | RTMGRP_IPV6_IFADDR
-        | RTMGRP_IPV4_ROUTE
-        | RTMGRP_IPV6_ROUTE;
+    let groups = libc::RTMGRP_LINK
+        | libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV6_IFADDR
+        | libc::RTMGRP_IPV4_ROUTE
+        | libc::RTMGRP_IPV6_ROUTE;
     // Subscribe before the first dump, so no change falls between the two.
-    let opened = Netlink::open(groups, false)
+    let opened = Netlink::open(groups as u32)
         .map_err(netlink_error("subscribe to link changes"))
         .and_then(|sub| {
-            let mut requests = Netlink::open(0, false).map_err(netlink_error("open"))?;
+            let mut requests = Netlink::open(0).map_err(netlink_error("open"))?;
             let interfaces = iface::list_with(&mut requests)?;
             Ok((sub, requests, interfaces))
         });
-    let (sub, mut requests, interfaces) = match opened {
+    let (mut sub, mut requests, interfaces) = match opened {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -167,17 +157,16 @@ fn watcher(ready: oneshot::Sender<Result<watch::Receiver<Arc<NetState>>, NetErro
     if ready.send(Ok(rx)).is_err() {
         return;
     }
-    let mut buf = vec![0u8; 64 * 1024];
     let mut dirty = Dirty::default();
     while !tx.is_closed() {
         // Blocks for at most the socket's receive timeout, so a closed channel is noticed.
-        match sub.recv_into(&mut buf) {
-            Ok(n) => {
-                dirty.note(&buf[..n]);
+        match sub.recv(0) {
+            Ok(datagram) => {
+                dirty.note(datagram);
                 // Drain what else is queued, so a burst costs one dump.
                 loop {
-                    match sub.recv_with(&mut buf, libc::MSG_DONTWAIT) {
-                        Ok(n) => dirty.note(&buf[..n]),
+                    match sub.recv(libc::MSG_DONTWAIT) {
+                        Ok(datagram) => dirty.note(datagram),
                         Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => dirty = Dirty::ALL,
                         Err(_) => break,
                     }
@@ -258,34 +247,34 @@ fn log_changes(old: &NetState, new: &NetState) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::net::address::push_attr;
-
-    fn notification(kind: u16) -> Vec<u8> {
-        let mut body = vec![0u8; 16];
-        push_attr(&mut body, 3, b"eth0\0");
-        let mut msg = Vec::new();
-        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-        msg.extend_from_slice(&kind.to_ne_bytes());
-        msg.extend_from_slice(&0u16.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&body);
-        msg
-    }
+    use crate::agent::net::netlink::tests::datagram;
+    use netlink_packet_route::RouteNetlinkMessage as M;
 
     #[test]
     fn notifications_mark_what_to_read_again() {
+        let link = || Default::default();
+        let addr = || Default::default();
+        let route = || Default::default();
         let cases = [
-            (vec![RTM_NEWLINK], (true, false, false)),
-            (vec![RTM_DELLINK, RTM_NEWADDR], (true, false, true)),
-            (vec![RTM_DELROUTE], (false, true, false)),
-            (vec![RTM_DELADDR, RTM_NEWROUTE], (false, true, true)),
-            (vec![99], (false, false, false)),
+            (vec![M::NewLink(link())], (true, false, false)),
+            (
+                vec![M::DelLink(link()), M::NewAddress(addr())],
+                (true, false, true),
+            ),
+            (vec![M::DelRoute(route())], (false, true, false)),
+            (
+                vec![M::DelAddress(addr()), M::NewRoute(route())],
+                (false, true, true),
+            ),
+            (
+                vec![M::NewNeighbour(Default::default())],
+                (false, false, false),
+            ),
         ];
-        for (kinds, (links, routes, addresses)) in cases {
-            let datagram: Vec<u8> = kinds.iter().flat_map(|k| notification(*k)).collect();
+        for (messages, (links, routes, addresses)) in cases {
+            let kinds: Vec<_> = messages.iter().map(|m| format!("{m:?}")).collect();
             let mut dirty = Dirty::default();
-            dirty.note(&datagram);
+            dirty.note(&datagram(messages));
             assert_eq!(
                 dirty,
                 Dirty {

@@ -7,6 +7,7 @@
 pub mod address;
 pub mod iface;
 pub mod links;
+pub(crate) mod netlink;
 pub mod packet;
 pub mod rawsock;
 

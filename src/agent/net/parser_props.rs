@@ -4,9 +4,30 @@
 
 use proptest::prelude::*;
 
-use super::address::{attrs, messages, parse_addr};
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::address::parse_addr;
 use super::iface::parse_link;
+use super::netlink::{message_types, messages};
 use super::packet::{self, MacAddr};
+
+/// Decodes every message of `datagram` and reads the link and address messages, as the agent
+/// does with the kernel's answers and notifications.
+fn read_all(datagram: &[u8]) {
+    let _ = message_types(datagram).count();
+    for message in messages(datagram).flatten() {
+        match message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                let _ = parse_link(&l);
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)) => {
+                let _ = parse_addr(&a);
+            }
+            _ => {}
+        }
+    }
+}
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..max)
@@ -39,37 +60,46 @@ proptest! {
     }
 
     #[test]
-    fn netlink_messages_and_attributes_never_panic(datagram in bytes(300)) {
-        for (_, _, _, payload) in messages(&datagram) {
-            let _ = parse_link(payload);
-            let _ = parse_addr(payload);
-            for (_, data) in attrs(payload) {
-                let _ = data.len();
-            }
-        }
-        let _ = parse_link(&datagram);
-        let _ = parse_addr(&datagram);
-        for (_, data) in attrs(&datagram) {
-            let _ = data.len();
-        }
+    fn netlink_datagrams_never_panic(datagram in bytes(300)) {
+        read_all(&datagram);
     }
 
     #[test]
-    fn netlink_lengths_at_the_edges_never_panic(len in any::<u32>(), kind in any::<u16>(), rest in bytes(64)) {
-        // A header whose length field lies (too small, too large, unaligned).
+    fn netlink_messages_with_random_bodies_never_panic(
+        kind in prop_oneof![Just(16u16), Just(20u16), Just(24u16), any::<u16>()],
+        len in any::<u32>(),
+        attributes in bytes(200),
+    ) {
+        // A header of a link, address or route message (or any other type) whose length may
+        // lie, then a body of random attributes.
         let mut datagram = len.to_ne_bytes().to_vec();
         datagram.extend_from_slice(&kind.to_ne_bytes());
         datagram.extend_from_slice(&[0; 10]);
-        datagram.extend_from_slice(&rest);
-        for (_, _, _, payload) in messages(&datagram) {
-            let _ = parse_link(payload);
-            let _ = parse_addr(payload);
-        }
-        let mut attr = (len as u16).to_ne_bytes().to_vec();
-        attr.extend_from_slice(&kind.to_ne_bytes());
-        attr.extend_from_slice(&rest);
-        for (_, data) in attrs(&attr) {
-            let _ = data.len();
-        }
+        datagram.extend_from_slice(&attributes);
+        read_all(&datagram);
+        // The same with a truthful length, so the body is really decoded.
+        let truthful = datagram.len() as u32;
+        datagram[..4].copy_from_slice(&truthful.to_ne_bytes());
+        read_all(&datagram);
+    }
+
+    #[test]
+    fn netlink_attributes_with_lying_lengths_never_panic(
+        kind in prop_oneof![Just(16u16), Just(20u16)],
+        attr_len in any::<u16>(),
+        attr_kind in 0u16..64,
+        rest in bytes(64),
+    ) {
+        // A well-framed link or address message carrying one attribute whose length lies.
+        let mut body = vec![0u8; 16];
+        body[0] = 2; // AF_INET
+        body.extend_from_slice(&attr_len.to_ne_bytes());
+        body.extend_from_slice(&attr_kind.to_ne_bytes());
+        body.extend_from_slice(&rest);
+        let mut datagram = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+        datagram.extend_from_slice(&kind.to_ne_bytes());
+        datagram.extend_from_slice(&[0; 10]);
+        datagram.extend_from_slice(&body);
+        read_all(&datagram);
     }
 }
