@@ -184,7 +184,7 @@ pub fn parse_addr(message: &AddressMessage) -> Option<KernelAddr> {
         IpAddr::V4(_) => message.header.family == AddressFamily::Inet,
         IpAddr::V6(_) => message.header.family == AddressFamily::Inet6,
     };
-    family_matches.then(|| KernelAddr {
+    family_matches.then_some(KernelAddr {
         ip,
         prefix_len: message.header.prefix_len,
         ifindex: message.header.index,
