@@ -1,6 +1,6 @@
-//! Byte-level Ethernet frames the announcer sends and reads: ARP (RFC 826, gratuitous
-//! announcements as in RFC 5227) and IPv6 neighbour discovery (RFC 4861 neighbour solicitation
-//! and advertisement with link-layer address options).
+//! The Ethernet frames the announcer sends and reads: ARP (RFC 826, gratuitous announcements
+//! as in RFC 5227) and IPv6 neighbour discovery (RFC 4861 neighbour solicitation and
+//! advertisement with link-layer address options), built and read through `pnet_packet`.
 //!
 //! Pure: no I/O. Parsing never panics; a frame that is truncated, of another protocol or
 //! malformed is a [`ParseError`].
@@ -8,16 +8,29 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use pnet_base::MacAddr as PnetMac;
+use pnet_packet::Packet;
+use pnet_packet::arp::{ArpHardwareTypes, ArpOperations, ArpPacket, MutableArpPacket};
+use pnet_packet::ethernet::{EtherType, EtherTypes, EthernetPacket, MutableEthernetPacket};
+use pnet_packet::icmpv6::ndp::{
+    MutableNeighborAdvertPacket, MutableNeighborSolicitPacket, NdpOption, NdpOptionPacket,
+    NdpOptionType, NdpOptionTypes, NeighborAdvertFlags, NeighborAdvertPacket,
+    NeighborSolicitPacket,
+};
+use pnet_packet::icmpv6::{self, Icmpv6Packet, Icmpv6Types, MutableIcmpv6Packet};
+use pnet_packet::ip::IpNextHeaderProtocols;
+use pnet_packet::ipv6::{Ipv6Packet, MutableIpv6Packet};
+
 /// Ethertype of ARP.
-pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_ARP: u16 = EtherTypes::Arp.0;
 /// Ethertype of IPv6.
-pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const ETHERTYPE_IPV6: u16 = EtherTypes::Ipv6.0;
 /// IPv6 next header value of ICMPv6.
-pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_ICMPV6: u8 = IpNextHeaderProtocols::Icmpv6.0;
 /// ICMPv6 type of a neighbour solicitation.
-pub const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
+pub const ICMPV6_NEIGHBOR_SOLICIT: u8 = Icmpv6Types::NeighborSolicit.0;
 /// ICMPv6 type of a neighbour advertisement.
-pub const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
+pub const ICMPV6_NEIGHBOR_ADVERT: u8 = Icmpv6Types::NeighborAdvert.0;
 
 const ETH_HEADER_LEN: usize = 14;
 const ARP_LEN: usize = 28;
@@ -26,14 +39,8 @@ const IPV6_HEADER_LEN: usize = 40;
 const ND_BODY_LEN: usize = 24;
 /// One link-layer address option for Ethernet: type, length (in units of 8 bytes), MAC.
 const LLADDR_OPT_LEN: usize = 8;
-const OPT_SOURCE_LLADDR: u8 = 1;
-const OPT_TARGET_LLADDR: u8 = 2;
 /// Ethernet frames shorter than this (without FCS) are padded on the wire.
 const MIN_FRAME_LEN: usize = 60;
-
-const NA_FLAG_ROUTER: u32 = 0x8000_0000;
-const NA_FLAG_SOLICITED: u32 = 0x4000_0000;
-const NA_FLAG_OVERRIDE: u32 = 0x2000_0000;
 
 /// An Ethernet (EUI-48) address.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -124,15 +131,6 @@ pub enum ArpOp {
     Reply,
 }
 
-impl ArpOp {
-    fn code(self) -> u16 {
-        match self {
-            ArpOp::Request => 1,
-            ArpOp::Reply => 2,
-        }
-    }
-}
-
 /// An ARP packet for Ethernet and IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arp {
@@ -189,33 +187,47 @@ pub enum Payload {
     Ndp(Ndp),
 }
 
-fn eth_header(out: &mut Vec<u8>, dst: MacAddr, src: MacAddr, ethertype: u16) {
-    out.extend_from_slice(&dst.0);
-    out.extend_from_slice(&src.0);
-    out.extend_from_slice(&ethertype.to_be_bytes());
+impl From<MacAddr> for PnetMac {
+    fn from(m: MacAddr) -> PnetMac {
+        let [a, b, c, d, e, f] = m.0;
+        PnetMac::new(a, b, c, d, e, f)
+    }
 }
 
-fn pad(mut frame: Vec<u8>) -> Vec<u8> {
-    if frame.len() < MIN_FRAME_LEN {
-        frame.resize(MIN_FRAME_LEN, 0);
+impl From<PnetMac> for MacAddr {
+    fn from(m: PnetMac) -> MacAddr {
+        MacAddr(m.octets())
     }
+}
+
+/// A zeroed frame of `len` bytes (at least the Ethernet minimum) with its Ethernet header
+/// written; the caller fills the payload.
+fn ethernet_frame(len: usize, dst: MacAddr, src: MacAddr, ethertype: EtherType) -> Vec<u8> {
+    let mut frame = vec![0u8; len.max(MIN_FRAME_LEN)];
+    let mut eth = MutableEthernetPacket::new(&mut frame).expect("sized for the header");
+    eth.set_destination(dst.into());
+    eth.set_source(src.into());
+    eth.set_ethertype(ethertype);
     frame
 }
 
 /// Builds an Ethernet frame carrying `arp`.
 pub fn build_arp(eth_dst: MacAddr, eth_src: MacAddr, arp: &Arp) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MIN_FRAME_LEN);
-    eth_header(&mut out, eth_dst, eth_src, ETHERTYPE_ARP);
-    out.extend_from_slice(&1u16.to_be_bytes()); // hardware type: Ethernet
-    out.extend_from_slice(&0x0800u16.to_be_bytes()); // protocol type: IPv4
-    out.push(6);
-    out.push(4);
-    out.extend_from_slice(&arp.op.code().to_be_bytes());
-    out.extend_from_slice(&arp.sender_mac.0);
-    out.extend_from_slice(&arp.sender_ip.octets());
-    out.extend_from_slice(&arp.target_mac.0);
-    out.extend_from_slice(&arp.target_ip.octets());
-    pad(out)
+    let mut frame = ethernet_frame(ETH_HEADER_LEN + ARP_LEN, eth_dst, eth_src, EtherTypes::Arp);
+    let mut packet = MutableArpPacket::new(&mut frame[ETH_HEADER_LEN..]).expect("sized for ARP");
+    packet.set_hardware_type(ArpHardwareTypes::Ethernet);
+    packet.set_protocol_type(EtherTypes::Ipv4);
+    packet.set_hw_addr_len(6);
+    packet.set_proto_addr_len(4);
+    packet.set_operation(match arp.op {
+        ArpOp::Request => ArpOperations::Request,
+        ArpOp::Reply => ArpOperations::Reply,
+    });
+    packet.set_sender_hw_addr(arp.sender_mac.into());
+    packet.set_sender_proto_addr(arp.sender_ip);
+    packet.set_target_hw_addr(arp.target_mac.into());
+    packet.set_target_proto_addr(arp.target_ip);
+    frame
 }
 
 /// The reply of `our_mac` to an ARP `request` for an address we announce.
@@ -284,78 +296,71 @@ pub fn solicited_node_mac(ip: Ipv6Addr) -> MacAddr {
 /// ff02::1, all nodes on the link.
 pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
-/// The ICMPv6 checksum (RFC 8200 section 8.1 pseudo-header) of `icmp` with its checksum
-/// field taken as it is (zero it first to compute, keep it to verify: then the result is 0).
-pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        let mut chunks = bytes.chunks_exact(2);
-        for c in &mut chunks {
-            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-        }
-        if let [last] = chunks.remainder() {
-            sum += u32::from(u16::from_be_bytes([*last, 0]));
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    // Upper-layer length fits in 32 bits; next header in the last byte of 4.
-    add(&(icmp.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, IPPROTO_ICMPV6]);
-    add(icmp);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Builds Ethernet + IPv6 (hop limit 255) + ICMPv6 neighbour discovery with one link-layer
 /// address option (source for solicitations, target for advertisements) and its checksum.
 pub fn build_ndp(eth_dst: MacAddr, eth_src: MacAddr, ndp: &Ndp) -> Vec<u8> {
-    let mut icmp = Vec::with_capacity(ND_BODY_LEN + LLADDR_OPT_LEN);
-    let (icmp_type, flags, opt_type) = match ndp.kind {
-        NdpKind::Solicitation => (ICMPV6_NEIGHBOR_SOLICIT, 0u32, OPT_SOURCE_LLADDR),
+    let icmp_len = ND_BODY_LEN
+        + if ndp.lladdr.is_some() {
+            LLADDR_OPT_LEN
+        } else {
+            0
+        };
+    let icmp_at = ETH_HEADER_LEN + IPV6_HEADER_LEN;
+    let mut frame = ethernet_frame(icmp_at + icmp_len, eth_dst, eth_src, EtherTypes::Ipv6);
+    let mut ip = MutableIpv6Packet::new(&mut frame[ETH_HEADER_LEN..]).expect("sized for IPv6");
+    ip.set_version(6);
+    ip.set_payload_length(icmp_len as u16);
+    ip.set_next_header(IpNextHeaderProtocols::Icmpv6);
+    ip.set_hop_limit(255); // receivers drop neighbour discovery with anything else
+    ip.set_source(ndp.src_ip);
+    ip.set_destination(ndp.dst_ip);
+    let icmp = &mut frame[icmp_at..icmp_at + icmp_len];
+    let option = |option_type, mac: MacAddr| NdpOption {
+        option_type,
+        length: 1, // in units of 8 bytes: type, length and the 6-byte address
+        data: mac.0.to_vec(),
+    };
+    match ndp.kind {
+        NdpKind::Solicitation => {
+            let mut ns = MutableNeighborSolicitPacket::new(icmp).expect("sized for NS");
+            ns.set_icmpv6_type(Icmpv6Types::NeighborSolicit);
+            ns.set_target_addr(ndp.target);
+            if let Some(mac) = ndp.lladdr {
+                ns.set_options(&[option(NdpOptionTypes::SourceLLAddr, mac)]);
+            }
+        }
         NdpKind::Advertisement {
             router,
             solicited,
             override_,
         } => {
-            let mut f = 0;
-            if router {
-                f |= NA_FLAG_ROUTER;
+            let mut na = MutableNeighborAdvertPacket::new(icmp).expect("sized for NA");
+            na.set_icmpv6_type(Icmpv6Types::NeighborAdvert);
+            let mut flags = 0;
+            for (set, flag) in [
+                (router, NeighborAdvertFlags::Router),
+                (solicited, NeighborAdvertFlags::Solicited),
+                (override_, NeighborAdvertFlags::Override),
+            ] {
+                if set {
+                    flags |= flag;
+                }
             }
-            if solicited {
-                f |= NA_FLAG_SOLICITED;
+            na.set_flags(flags);
+            na.set_target_addr(ndp.target);
+            if let Some(mac) = ndp.lladdr {
+                na.set_options(&[option(NdpOptionTypes::TargetLLAddr, mac)]);
             }
-            if override_ {
-                f |= NA_FLAG_OVERRIDE;
-            }
-            (ICMPV6_NEIGHBOR_ADVERT, f, OPT_TARGET_LLADDR)
         }
-    };
-    icmp.push(icmp_type);
-    icmp.push(0); // code
-    icmp.extend_from_slice(&[0, 0]); // checksum, filled below
-    icmp.extend_from_slice(&flags.to_be_bytes());
-    icmp.extend_from_slice(&ndp.target.octets());
-    if let Some(mac) = ndp.lladdr {
-        icmp.push(opt_type);
-        icmp.push(1);
-        icmp.extend_from_slice(&mac.0);
     }
-    let sum = icmpv6_checksum(ndp.src_ip, ndp.dst_ip, &icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-
-    let mut out = Vec::with_capacity(ETH_HEADER_LEN + IPV6_HEADER_LEN + icmp.len());
-    eth_header(&mut out, eth_dst, eth_src, ETHERTYPE_IPV6);
-    out.extend_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class 0, flow label 0
-    out.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-    out.push(IPPROTO_ICMPV6);
-    out.push(255); // hop limit: receivers drop ND with anything else
-    out.extend_from_slice(&ndp.src_ip.octets());
-    out.extend_from_slice(&ndp.dst_ip.octets());
-    out.extend_from_slice(&icmp);
-    pad(out)
+    let sum = {
+        let packet = Icmpv6Packet::new(icmp).expect("sized for ICMPv6");
+        icmpv6::checksum(&packet, &ndp.src_ip, &ndp.dst_ip)
+    };
+    MutableIcmpv6Packet::new(icmp)
+        .expect("sized for ICMPv6")
+        .set_checksum(sum);
+    frame
 }
 
 /// The solicited advertisement answering `solicitation` for an address we announce at
@@ -419,141 +424,136 @@ pub fn neighbor_solicit(mac: MacAddr, src_ip: Ipv6Addr, target: Ipv6Addr) -> Vec
     build_ndp(ipv6_multicast_mac(group), mac, &ns)
 }
 
-fn mac_at(b: &[u8], at: usize) -> Result<MacAddr, ParseError> {
-    let s = b.get(at..at + 6).ok_or(ParseError::Truncated)?;
-    let mut m = [0u8; 6];
-    m.copy_from_slice(s);
-    Ok(MacAddr(m))
-}
-
-fn u16_at(b: &[u8], at: usize) -> Result<u16, ParseError> {
-    let s = b.get(at..at + 2).ok_or(ParseError::Truncated)?;
-    Ok(u16::from_be_bytes([s[0], s[1]]))
-}
-
-fn ipv4_at(b: &[u8], at: usize) -> Result<Ipv4Addr, ParseError> {
-    let s = b.get(at..at + 4).ok_or(ParseError::Truncated)?;
-    Ok(Ipv4Addr::new(s[0], s[1], s[2], s[3]))
-}
-
-fn ipv6_at(b: &[u8], at: usize) -> Result<Ipv6Addr, ParseError> {
-    let s = b.get(at..at + 16).ok_or(ParseError::Truncated)?;
-    let mut o = [0u8; 16];
-    o.copy_from_slice(s);
-    Ok(Ipv6Addr::from(o))
-}
-
 /// Parses an Ethernet frame carrying ARP or an ICMPv6 neighbour solicitation/advertisement.
 pub fn parse(frame: &[u8]) -> Result<Frame, ParseError> {
-    let eth_dst = mac_at(frame, 0)?;
-    let eth_src = mac_at(frame, 6)?;
-    let ethertype = u16_at(frame, 12)?;
-    let body = &frame[ETH_HEADER_LEN..];
-    let payload = match ethertype {
-        ETHERTYPE_ARP => Payload::Arp(parse_arp(body)?),
-        ETHERTYPE_IPV6 => Payload::Ndp(parse_ndp(body)?),
-        other => return Err(ParseError::OtherEthertype(other)),
+    let eth = EthernetPacket::new(frame).ok_or(ParseError::Truncated)?;
+    let payload = match eth.get_ethertype() {
+        EtherTypes::Arp => Payload::Arp(parse_arp(eth.payload())?),
+        EtherTypes::Ipv6 => Payload::Ndp(parse_ndp(eth.payload())?),
+        other => return Err(ParseError::OtherEthertype(other.0)),
     };
     Ok(Frame {
-        eth_dst,
-        eth_src,
+        eth_dst: eth.get_destination().into(),
+        eth_src: eth.get_source().into(),
         payload,
     })
 }
 
 fn parse_arp(b: &[u8]) -> Result<Arp, ParseError> {
-    if b.len() < ARP_LEN {
-        return Err(ParseError::Truncated);
-    }
-    if u16_at(b, 0)? != 1 || u16_at(b, 2)? != 0x0800 || b[4] != 6 || b[5] != 4 {
+    let arp = ArpPacket::new(b).ok_or(ParseError::Truncated)?;
+    if arp.get_hardware_type() != ArpHardwareTypes::Ethernet
+        || arp.get_protocol_type() != EtherTypes::Ipv4
+        || arp.get_hw_addr_len() != 6
+        || arp.get_proto_addr_len() != 4
+    {
         return Err(ParseError::UnsupportedArp);
     }
-    let op = match u16_at(b, 6)? {
-        1 => ArpOp::Request,
-        2 => ArpOp::Reply,
-        other => return Err(ParseError::ArpOperation(other)),
+    let op = match arp.get_operation() {
+        ArpOperations::Request => ArpOp::Request,
+        ArpOperations::Reply => ArpOp::Reply,
+        other => return Err(ParseError::ArpOperation(other.0)),
     };
     Ok(Arp {
         op,
-        sender_mac: mac_at(b, 8)?,
-        sender_ip: ipv4_at(b, 14)?,
-        target_mac: mac_at(b, 18)?,
-        target_ip: ipv4_at(b, 24)?,
+        sender_mac: arp.get_sender_hw_addr().into(),
+        sender_ip: arp.get_sender_proto_addr(),
+        target_mac: arp.get_target_hw_addr().into(),
+        target_ip: arp.get_target_proto_addr(),
     })
 }
 
 fn parse_ndp(b: &[u8]) -> Result<Ndp, ParseError> {
-    if b.len() < IPV6_HEADER_LEN {
-        return Err(ParseError::Truncated);
-    }
-    if b[0] >> 4 != 6 {
+    let ip = Ipv6Packet::new(b).ok_or(ParseError::Truncated)?;
+    if ip.get_version() != 6 {
         return Err(ParseError::BadIpVersion);
     }
-    let payload_len = usize::from(u16_at(b, 4)?);
-    if b[6] != IPPROTO_ICMPV6 {
-        return Err(ParseError::NotIcmpv6(b[6]));
+    if ip.get_next_header() != IpNextHeaderProtocols::Icmpv6 {
+        return Err(ParseError::NotIcmpv6(ip.get_next_header().0));
     }
-    let hop_limit = b[7];
-    let src_ip = ipv6_at(b, 8)?;
-    let dst_ip = ipv6_at(b, 24)?;
-    // Trailing bytes past the payload length are Ethernet padding.
-    let icmp = b
-        .get(IPV6_HEADER_LEN..IPV6_HEADER_LEN + payload_len)
-        .ok_or(ParseError::Truncated)?;
-    let Some(&icmp_type) = icmp.first() else {
+    // pnet cuts the payload at the end of the frame; a payload length past it is a truncated
+    // frame. Bytes past the payload length are Ethernet padding.
+    let icmp = ip.payload();
+    if icmp.len() < usize::from(ip.get_payload_length()) {
         return Err(ParseError::Truncated);
-    };
-    if icmp_type != ICMPV6_NEIGHBOR_SOLICIT && icmp_type != ICMPV6_NEIGHBOR_ADVERT {
-        return Err(ParseError::OtherIcmpv6(icmp_type));
+    }
+    let header = Icmpv6Packet::new(icmp).ok_or(ParseError::Truncated)?;
+    let icmp_type = header.get_icmpv6_type();
+    if icmp_type != Icmpv6Types::NeighborSolicit && icmp_type != Icmpv6Types::NeighborAdvert {
+        return Err(ParseError::OtherIcmpv6(icmp_type.0));
     }
     if icmp.len() < ND_BODY_LEN {
         return Err(ParseError::Truncated);
     }
-    if hop_limit != 255 {
-        return Err(ParseError::HopLimit(hop_limit));
+    if ip.get_hop_limit() != 255 {
+        return Err(ParseError::HopLimit(ip.get_hop_limit()));
     }
-    if icmp[1] != 0 {
-        return Err(ParseError::IcmpCode(icmp[1]));
+    if header.get_icmpv6_code().0 != 0 {
+        return Err(ParseError::IcmpCode(header.get_icmpv6_code().0));
     }
-    if icmpv6_checksum(src_ip, dst_ip, icmp) != 0 {
+    let (src_ip, dst_ip) = (ip.get_source(), ip.get_destination());
+    if icmpv6::checksum(&header, &src_ip, &dst_ip) != header.get_checksum() {
         return Err(ParseError::Checksum);
     }
-    let flags = u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]);
-    let target = ipv6_at(icmp, 8)?;
-    let (kind, wanted_opt) = if icmp_type == ICMPV6_NEIGHBOR_SOLICIT {
-        (NdpKind::Solicitation, OPT_SOURCE_LLADDR)
-    } else {
+    let (kind, target, options, wanted) = if icmp_type == Icmpv6Types::NeighborSolicit {
+        let ns = NeighborSolicitPacket::new(icmp).ok_or(ParseError::Truncated)?;
+        let options = &icmp[ND_BODY_LEN..];
+        let target = ns.get_target_addr();
         (
-            NdpKind::Advertisement {
-                router: flags & NA_FLAG_ROUTER != 0,
-                solicited: flags & NA_FLAG_SOLICITED != 0,
-                override_: flags & NA_FLAG_OVERRIDE != 0,
-            },
-            OPT_TARGET_LLADDR,
+            NdpKind::Solicitation,
+            target,
+            options,
+            NdpOptionTypes::SourceLLAddr,
+        )
+    } else {
+        let na = NeighborAdvertPacket::new(icmp).ok_or(ParseError::Truncated)?;
+        let flags = na.get_flags();
+        let kind = NdpKind::Advertisement {
+            router: flags & NeighborAdvertFlags::Router != 0,
+            solicited: flags & NeighborAdvertFlags::Solicited != 0,
+            override_: flags & NeighborAdvertFlags::Override != 0,
+        };
+        let options = &icmp[ND_BODY_LEN..];
+        (
+            kind,
+            na.get_target_addr(),
+            options,
+            NdpOptionTypes::TargetLLAddr,
         )
     };
-    let mut lladdr = None;
-    let mut opts = &icmp[ND_BODY_LEN..];
-    while !opts.is_empty() {
-        if opts.len() < 2 {
-            return Err(ParseError::BadOption);
-        }
-        let len = usize::from(opts[1]) * 8;
-        if len == 0 || len > opts.len() {
-            return Err(ParseError::BadOption);
-        }
-        if opts[0] == wanted_opt && len >= LLADDR_OPT_LEN {
-            lladdr = Some(mac_at(opts, 2)?);
-        }
-        opts = &opts[len..];
-    }
     Ok(Ndp {
         src_ip,
         dst_ip,
         kind,
         target,
-        lladdr,
+        lladdr: link_layer_address(options, wanted)?,
     })
+}
+
+/// The link-layer address option of type `wanted` among `options`.
+///
+/// The options are walked here, not by pnet's `get_options()`: pnet computes an option's
+/// length as `length * 8 - 2` in `u8`, which overflows for a length field of 32 or more (a
+/// panic in debug builds, a wrong length in release ones). Each option is still read through
+/// pnet's `NdpOptionPacket`.
+fn link_layer_address(
+    mut options: &[u8],
+    wanted: NdpOptionType,
+) -> Result<Option<MacAddr>, ParseError> {
+    let mut found = None;
+    while !options.is_empty() {
+        let option = NdpOptionPacket::new(options).ok_or(ParseError::BadOption)?;
+        let len = usize::from(option.get_length()) * 8;
+        if len == 0 || len > options.len() {
+            return Err(ParseError::BadOption);
+        }
+        if option.get_option_type() == wanted && len >= LLADDR_OPT_LEN {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&options[2..8]);
+            found = Some(MacAddr(mac));
+        }
+        options = &options[len..];
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -672,19 +672,39 @@ mod tests {
         );
     }
 
+    /// The ICMPv6 checksum (RFC 8200 section 8.1 pseudo-header) summed by hand, for checking
+    /// the library's: over the message with its checksum field as it is.
+    fn ones_complement_sum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        let mut bytes = src.octets().to_vec();
+        bytes.extend_from_slice(&dst.octets());
+        bytes.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+        bytes.extend_from_slice(icmp);
+        bytes.resize(bytes.len().next_multiple_of(2), 0);
+        for c in bytes.chunks_exact(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
     #[test]
-    fn checksum_matches_known_value() {
-        // Verified independently: summing the pseudo-header and message of a built frame
-        // (checksum included) gives 0xffff, i.e. the verification result 0.
-        let f = unsolicited_advert(MAC_A, v6("2001:db8:1::50"));
-        let icmp = &f[54..54 + 32];
-        assert_eq!(icmpv6_checksum(v6("2001:db8:1::50"), ALL_NODES, icmp), 0);
-        let mut zeroed = icmp.to_vec();
-        zeroed[2] = 0;
-        zeroed[3] = 0;
-        let computed = icmpv6_checksum(v6("2001:db8:1::50"), ALL_NODES, &zeroed);
-        assert_eq!(computed.to_be_bytes(), [icmp[2], icmp[3]]);
-        assert_ne!(computed, 0);
+    fn checksum_verifies_by_hand() {
+        // Summing the pseudo-header and the message, checksum included, gives 0xffff.
+        for frame in [
+            unsolicited_advert(MAC_A, v6("2001:db8:1::50")),
+            neighbor_solicit(MAC_B, v6("2001:db8:1::100"), v6("2001:db8:1::50")),
+            neighbor_solicit(MAC_B, Ipv6Addr::UNSPECIFIED, v6("2001:db8:1::50")),
+        ] {
+            let ip = Ipv6Packet::new(&frame[14..]).unwrap();
+            let icmp = &ip.payload()[..usize::from(ip.get_payload_length())];
+            let sum = ones_complement_sum(ip.get_source(), ip.get_destination(), icmp);
+            assert_eq!(sum, 0xffff);
+            assert_ne!([icmp[2], icmp[3]], [0, 0]);
+        }
     }
 
     #[test]
@@ -783,11 +803,11 @@ mod tests {
         arp_op_3[21] = 3;
         // Option damage with a valid checksum, so the option parser itself is exercised.
         let fix_checksum = |f: &mut Vec<u8>| {
-            let src = ipv6_at(f, 14 + 8).unwrap();
-            let dst = ipv6_at(f, 14 + 24).unwrap();
+            let ip = Ipv6Packet::new(&f[14..]).unwrap();
+            let (src, dst) = (ip.get_source(), ip.get_destination());
             f[14 + 40 + 2] = 0;
             f[14 + 40 + 3] = 0;
-            let sum = icmpv6_checksum(src, dst, &f[14 + 40..14 + 40 + 32]);
+            let sum = !ones_complement_sum(src, dst, &f[14 + 40..14 + 40 + 32]);
             f[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&sum.to_be_bytes());
         };
         let mut zero_len_opt = good_na.clone();
@@ -796,6 +816,10 @@ mod tests {
         let mut long_opt = good_na.clone();
         long_opt[14 + 40 + 24 + 1] = 9;
         fix_checksum(&mut long_opt);
+        // 32 * 8 overflows a u8: pnet's own option walk would panic here in a debug build.
+        let mut huge_opt = good_na.clone();
+        huge_opt[14 + 40 + 24 + 1] = 32;
+        fix_checksum(&mut huge_opt);
         let mut echo = good_na.clone();
         echo[14 + 40] = 128;
         let cases: Vec<(&str, Vec<u8>, ParseError)> = vec![
@@ -809,6 +833,7 @@ mod tests {
             ("arp op", arp_op_3, ParseError::ArpOperation(3)),
             ("zero option length", zero_len_opt, ParseError::BadOption),
             ("option past end", long_opt, ParseError::BadOption),
+            ("option length 32", huge_opt, ParseError::BadOption),
             ("echo request", echo, ParseError::OtherIcmpv6(128)),
         ];
         for (name, frame, want) in cases {
