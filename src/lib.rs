@@ -9,5 +9,6 @@ pub mod cache;
 pub mod check;
 pub mod controller;
 pub mod core;
+pub mod lease;
 pub mod manifest;
 pub mod webhook;

@@ -1,5 +1,6 @@
 //! Translation of what the agent watches into `core::ownership`'s view. No decisions here.
 
+use crate::lease::Sighting;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -93,22 +94,7 @@ pub struct LeaseFacts {
 pub fn lease_facts(lease: &Lease, fallback_duration: Duration) -> Option<LeaseFacts> {
     let name = lease.metadata.name.as_deref()?;
     let node = name.strip_prefix(AGENT_LEASE_PREFIX)?.to_string();
-    let spec = lease.spec.as_ref();
-    let held = spec
-        .and_then(|s| s.holder_identity.as_deref())
-        .is_some_and(|h| !h.is_empty());
-    let duration = spec
-        .and_then(|s| s.lease_duration_seconds)
-        .filter(|s| *s > 0)
-        .map(|s| Duration::from_secs(s as u64))
-        .unwrap_or(fallback_duration);
-    // Sub-second durations do not fit leaseDurationSeconds; the agent also writes them here.
-    let duration = lease
-        .annotations()
-        .get(LEASE_DURATION_MS_ANNOTATION)
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(duration);
+    let seen = Sighting::of(lease, fallback_duration);
     let annotations = lease.annotations();
     let interfaces = annotations
         .get(INTERFACES_ANNOTATION)
@@ -134,18 +120,14 @@ pub fn lease_facts(lease: &Lease, fallback_duration: Duration) -> Option<LeaseFa
         .unwrap_or_default();
     Some(LeaseFacts {
         node,
-        version: lease.resource_version().unwrap_or_default(),
-        held,
-        duration,
+        version: seen.version,
+        held: seen.holder.is_some(),
+        duration: seen.duration,
         interfaces,
         default_interface,
         macs,
     })
 }
-
-/// Lease annotation: the exact lease duration in milliseconds (leaseDurationSeconds is whole
-/// seconds, rounded up).
-pub const LEASE_DURATION_MS_ANNOTATION: &str = "vipam.io/lease-duration-ms";
 
 /// A node as ownership sees it.
 pub fn node_view(

@@ -1,12 +1,13 @@
-//! Leader election on a coordination.k8s.io Lease, written by hand: create, or replace with the
-//! resourceVersion read (optimistic concurrency makes two candidates race safely).
+//! Leader election on a coordination.k8s.io Lease (the object is [`crate::lease`]'s, shared
+//! with the agents): create, or replace with the resourceVersion read (optimistic concurrency
+//! makes two candidates race safely).
 //!
 //! Only the leader runs the reconcilers. Leadership is checked before every write and lapses
 //! on its own when the lease is not renewed in time: a leader that cannot renew stops writing
 //! at once, before anyone else may take the lease over.
 //!
 //! Expiry of another replica's lease is judged by this replica's own clock, with the rule the
-//! agents use ([`crate::core::ownership::Liveness`]): the lease is live while it changed (a new
+//! agents use ([`crate::core::ownership::Liveness`], through [`crate::lease::Sighting`]): the lease is live while it changed (a new
 //! resourceVersion) less than its duration ago *as seen from here*. The renewTime another
 //! replica wrote is never compared with the local clock, so clock skew between nodes cannot
 //! make a standby take over from a leader that is still renewing. The cost: a standby that
@@ -16,8 +17,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::Api;
@@ -28,6 +28,7 @@ use super::reconcile::FIELD_MANAGER;
 use crate::api::post_params;
 use crate::core::category::Category;
 use crate::core::ownership::Liveness;
+use crate::lease::Sighting;
 
 /// Name of the controller's Lease.
 pub const LEASE_NAME: &str = "vipam-controller";
@@ -112,10 +113,6 @@ impl LeaderGate {
     }
 }
 
-fn micro_time(millis: i64) -> MicroTime {
-    MicroTime(Timestamp::from_millisecond(millis).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
 /// One candidate for the Lease.
 pub struct Elector {
     api: Api<Lease>,
@@ -163,50 +160,38 @@ impl Elector {
             name: name.clone(),
             source,
         };
-        let duration_secs = self.config.lease_duration.as_secs().max(1) as i32;
-        let Some(mut lease) = self.api.get_opt(name).await.map_err(api_error)? else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(self.config.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(self.config.identity.clone()),
-                    lease_duration_seconds: Some(duration_secs),
-                    acquire_time: Some(micro_time(now)),
-                    renew_time: Some(micro_time(now)),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
+        let now_at = Timestamp::from_millisecond(now).unwrap_or(Timestamp::UNIX_EPOCH);
+        let duration = self.config.lease_duration;
+        let namespace = &self.config.namespace;
+        let identity = self.config.identity.as_str();
+        let Some(lease) = self.api.get_opt(name).await.map_err(api_error)? else {
+            let lease =
+                crate::lease::write(None, name, namespace, Some(identity), duration, now_at);
             return match self.api.create(&post_params(FIELD_MANAGER), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
                 Err(source) => Err(api_error(source)),
             };
         };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        let holder = spec.holder_identity.clone().unwrap_or_default();
-        let mine = holder == self.config.identity;
-        let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64);
-        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let seen = Sighting::of(&lease, duration);
+        let mine = seen.holder.as_deref() == Some(identity);
         let seen_at = Duration::from_millis(now.max(0) as u64);
         let live = {
             let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-            observed.observe(name, &version, held_for, !holder.is_empty(), seen_at);
+            seen.record(&mut observed, name, seen_at);
             observed.is_live(name, seen_at)
         };
         if !mine && live {
             return Ok(false);
         }
-        if !mine {
-            spec.holder_identity = Some(self.config.identity.clone());
-            spec.acquire_time = Some(micro_time(now));
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-        }
-        spec.renew_time = Some(micro_time(now));
-        spec.lease_duration_seconds = Some(duration_secs);
+        let lease = crate::lease::write(
+            Some(&lease),
+            name,
+            namespace,
+            Some(identity),
+            duration,
+            now_at,
+        );
         // The resourceVersion read makes this a compare-and-swap.
         match self
             .api

@@ -21,8 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, GetParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -43,12 +42,12 @@ use super::net::NetError;
 use super::run::{self, AnnouncerSource};
 use super::shares::{AnnouncerShares, Share};
 use super::signals;
-use super::view::LEASE_DURATION_MS_ANNOTATION;
 use crate::admin::{self, MetricsText, Readiness, encode_registry};
 use crate::controller::parse_duration;
 use crate::core::category::Category;
 use crate::core::election::{self, Health, Hold, Inputs, LeaseAction, LeaseView, VipState};
 use crate::core::ownership::{AnnounceMode, Liveness};
+use crate::lease::Sighting;
 
 /// The Lease the control-plane nodes compete for.
 pub const LEASE_NAME: &str = "vipam-control-plane";
@@ -382,16 +381,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn version_of(lease: &Lease) -> String {
-    lease.metadata.resource_version.clone().unwrap_or_default()
-}
-
 fn holder_of(lease: &Lease) -> Option<String> {
-    lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.holder_identity.clone())
-        .filter(|h| !h.is_empty())
+    Sighting::of(lease, Duration::ZERO).holder
 }
 
 /// Whether resourceVersion `a` is older than `b` (unknown, when the versions are not
@@ -423,97 +414,45 @@ impl Ctx {
         }
     }
 
-    /// The Lease's duration as its writer meant it (milliseconds annotation, else seconds).
-    fn duration_of(&self, lease: &Lease) -> Duration {
-        lease
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(LEASE_DURATION_MS_ANNOTATION))
-            .and_then(|ms| ms.parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .or_else(|| {
-                lease
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.lease_duration_seconds)
-                    .filter(|s| *s > 0)
-                    .map(|s| Duration::from_secs(s as u64))
-            })
-            .unwrap_or(self.lease_duration)
-    }
-
     /// A sighting of the Lease (watch event or a read after a conflict).
     fn observe(&self, lease: Lease) {
         let now = self.now();
-        let version = version_of(&lease);
-        let holder = holder_of(&lease);
-        let duration = self.duration_of(&lease);
+        let seen = Sighting::of(&lease, self.lease_duration);
         {
             let mut own = lock(&self.own);
-            let mine_version = own.mine.as_ref().map(version_of).unwrap_or_default();
+            let mine_version = own
+                .mine
+                .as_ref()
+                .and_then(|m| m.metadata.resource_version.clone())
+                .unwrap_or_default();
             if own.hold.holding
-                && holder.as_deref() != Some(self.me.as_str())
-                && !older(&version, &mine_version)
+                && seen.holder.as_deref() != Some(self.me.as_str())
+                && !older(&seen.version, &mine_version)
             {
-                tracing::warn!(holder = ?holder, "the control-plane Lease is held by another node now: dropping the VIP");
+                tracing::warn!(holder = ?seen.holder, "the control-plane Lease is held by another node now: dropping the VIP");
                 own.hold.holding = false;
             }
         }
         let mut book = lock(&self.book);
-        book.liveness
-            .observe(LEASE_NAME, &version, duration, holder.is_some(), now);
-        book.view = LeaseView::Present { holder, version };
+        seen.record(&mut book.liveness, LEASE_NAME, now);
+        book.view = LeaseView::Present {
+            holder: seen.holder,
+            version: seen.version,
+        };
         book.last = Some(lease);
     }
 
-    fn lease_object(&self, base: Option<&Lease>, holder: Option<&str>, acquiring: bool) -> Lease {
-        let now = MicroTime(Timestamp::now());
-        let mut lease = base.cloned().unwrap_or_else(|| Lease {
-            metadata: ObjectMeta {
-                name: Some(LEASE_NAME.to_string()),
-                namespace: Some(self.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(LeaseSpec::default()),
-        });
-        let duration_ms = self.lease_duration.as_millis().max(1) as u64;
-        lease
-            .metadata
-            .annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(
-                LEASE_DURATION_MS_ANNOTATION.to_string(),
-                duration_ms.to_string(),
-            );
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        if acquiring {
-            let previous = spec.holder_identity.clone().unwrap_or_default();
-            if base.is_some() && previous != self.me {
-                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-            }
-            spec.lease_transitions.get_or_insert(0);
-            spec.acquire_time = Some(now.clone());
-        }
-        match holder {
-            Some(holder) => {
-                spec.holder_identity = Some(holder.to_string());
-                spec.lease_duration_seconds = Some(duration_ms.div_ceil(1000) as i32);
-            }
-            None => {
-                // Released, as client-go releases: no holder, shortest duration.
-                spec.holder_identity = None;
-                spec.lease_duration_seconds = Some(1);
-                lease
-                    .metadata
-                    .annotations
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(LEASE_DURATION_MS_ANNOTATION.to_string(), "1".to_string());
-            }
-        }
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        spec.renew_time = Some(now);
-        lease
+    /// The Lease as `holder` writes it (`None` releases it), from `base` as last read.
+    fn lease_object(&self, base: Option<&Lease>, holder: Option<&str>) -> Lease {
+        let now = Timestamp::now();
+        crate::lease::write(
+            base,
+            LEASE_NAME,
+            &self.namespace,
+            holder,
+            self.lease_duration,
+            now,
+        )
     }
 }
 
@@ -822,17 +761,17 @@ async fn elect(
             let outcome = match &action {
                 LeaseAction::Wait => None,
                 LeaseAction::Create => {
-                    let lease = ctx.lease_object(None, Some(&ctx.me), true);
+                    let lease = ctx.lease_object(None, Some(&ctx.me));
                     Some(write(&ctx, &api, &lease, true).await)
                 }
                 LeaseAction::Acquire { .. } => {
                     let base = lock(&ctx.book).last.clone();
-                    let lease = ctx.lease_object(base.as_ref(), Some(&ctx.me), true);
+                    let lease = ctx.lease_object(base.as_ref(), Some(&ctx.me));
                     Some(write(&ctx, &api, &lease, false).await)
                 }
                 LeaseAction::Renew => {
                     let base = lock(&ctx.own).mine.clone();
-                    let lease = ctx.lease_object(base.as_ref(), Some(&ctx.me), false);
+                    let lease = ctx.lease_object(base.as_ref(), Some(&ctx.me));
                     Some(write(&ctx, &api, &lease, false).await)
                 }
                 LeaseAction::Release => {
@@ -953,7 +892,7 @@ async fn release(ctx: &Ctx, api: &Api<Lease>) {
     .or_else(|| lock(&ctx.book).last.clone());
     lock(&ctx.own).hold.holding = false;
     let Some(base) = base else { return };
-    let lease = ctx.lease_object(Some(&base), None, false);
+    let lease = ctx.lease_object(Some(&base), None);
     match tokio::time::timeout(Duration::from_secs(1), write(ctx, api, &lease, false)).await {
         Ok(Written::Ok(lease)) => {
             tracing::info!("released the control-plane Lease");

@@ -109,10 +109,6 @@ pub(super) async fn watch_leases(client: Client, shared: Arc<Shared>, synced: Ar
     }
 }
 
-pub(super) fn micro_time_now() -> MicroTime {
-    MicroTime(Timestamp::now())
-}
-
 /// The interfaces this node can announce on now (Ethernet address, up, carrier) and the
 /// default route's interface when it is one of them.
 pub(super) fn usable_interfaces(net: &NetState) -> (Vec<String>, Option<String>) {
@@ -136,36 +132,33 @@ pub(super) fn lease_object(shared: &Shared) -> Lease {
         .filter(|i| i.usable())
         .filter_map(|i| i.mac.map(|m| m.to_string()))
         .collect();
-    let duration_ms = args.lease_duration.as_millis().max(1) as u64;
-    Lease {
-        metadata: ObjectMeta {
-            name: Some(view::lease_name(&args.node_name)),
-            namespace: Some(args.namespace.clone()),
-            labels: Some(BTreeMap::from([(
-                AGENT_LEASE_LABEL.to_string(),
-                "true".to_string(),
-            )])),
-            annotations: Some(BTreeMap::from([
-                (INTERFACES_ANNOTATION.to_string(), interfaces.join(",")),
-                (DEFAULT_INTERFACE_ANNOTATION.to_string(), default),
-                (
-                    MACS_ANNOTATION.to_string(),
-                    macs.into_iter().collect::<Vec<_>>().join(","),
-                ),
-                (
-                    LEASE_DURATION_MS_ANNOTATION.to_string(),
-                    duration_ms.to_string(),
-                ),
-            ])),
-            ..ObjectMeta::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(args.node_name.clone()),
-            lease_duration_seconds: Some(duration_ms.div_ceil(1000) as i32),
-            renew_time: Some(micro_time_now()),
-            ..LeaseSpec::default()
-        }),
+    let mut lease = crate::lease::write(
+        None,
+        &view::lease_name(&args.node_name),
+        &args.namespace,
+        Some(&args.node_name),
+        args.lease_duration,
+        Timestamp::now(),
+    );
+    lease.metadata.labels = Some(BTreeMap::from([(
+        AGENT_LEASE_LABEL.to_string(),
+        "true".to_string(),
+    )]));
+    lease.metadata.annotations.get_or_insert_default().extend([
+        (INTERFACES_ANNOTATION.to_string(), interfaces.join(",")),
+        (DEFAULT_INTERFACE_ANNOTATION.to_string(), default),
+        (
+            MACS_ANNOTATION.to_string(),
+            macs.into_iter().collect::<Vec<_>>().join(","),
+        ),
+    ]);
+    // A renewal is a merge patch of this object: it must not move acquireTime or the count of
+    // transitions (set once, when the Lease is created).
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.acquire_time = None;
+        spec.lease_transitions = None;
     }
+    lease
 }
 
 /// One renewal: a merge patch (one API write), or a create the first time.
@@ -181,10 +174,9 @@ pub(super) async fn renew_once(api: &Api<Lease>, shared: &Shared) -> Result<(), 
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => {
             let mut lease = lease;
-            lease
-                .spec
-                .get_or_insert_with(LeaseSpec::default)
-                .acquire_time = Some(micro_time_now());
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.acquire_time = spec.renew_time.clone();
+            spec.lease_transitions = Some(0);
             let post = PostParams {
                 field_manager: Some(FIELD_MANAGER.to_string()),
                 ..PostParams::default()

@@ -12,7 +12,6 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
@@ -31,8 +30,8 @@ use super::net::links::{LinkWatch, NetState};
 use super::net::packet::MacAddr;
 use super::shares::{AnnouncerShares, Share};
 use super::view::{
-    self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION,
-    LEASE_DURATION_MS_ANNOTATION, LeaseFacts, MACS_ANNOTATION,
+    self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION, LeaseFacts,
+    MACS_ANNOTATION,
 };
 use crate::admin::{self, Readiness};
 use crate::api::{IPAllocation, L2Announcement};
