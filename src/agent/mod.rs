@@ -12,7 +12,6 @@ pub mod metrics;
 pub mod run;
 pub mod shares;
 pub mod signals;
-pub mod view;
 
 pub use error::{AgentError, ControlPlaneError};
 pub use run::run_with;

@@ -5,6 +5,7 @@
 
 mod convert;
 mod types;
+pub mod view;
 
 pub use convert::{
     ConvertError, LabelSelectorExt, allocation_entry, allocation_object, l2_pool_names, pool_spec,

@@ -7,6 +7,7 @@ pub mod allocate;
 pub mod category;
 pub mod election;
 pub mod lifecycle;
+pub mod mac;
 pub mod names;
 pub mod ownership;
 pub mod pool;

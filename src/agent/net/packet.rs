@@ -5,7 +5,6 @@
 //! Pure: no I/O. Parsing never panics; a frame that is truncated, of another protocol or
 //! malformed is a [`ParseError`].
 
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use pnet_base::MacAddr as PnetMac;
@@ -42,58 +41,7 @@ const LLADDR_OPT_LEN: usize = 8;
 /// Ethernet frames shorter than this (without FCS) are padded on the wire.
 const MIN_FRAME_LEN: usize = 60;
 
-/// An Ethernet (EUI-48) address.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// ff:ff:ff:ff:ff:ff
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-    /// 00:00:00:00:00:00
-    pub const ZERO: MacAddr = MacAddr([0; 6]);
-
-    /// True for group (multicast and broadcast) addresses.
-    pub fn is_multicast(&self) -> bool {
-        self.0[0] & 1 == 1
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::str::FromStr for MacAddr {
-    type Err = ParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut out {
-            let part = parts.next().ok_or(ParseError::BadMac)?;
-            if part.is_empty() || part.len() > 2 {
-                return Err(ParseError::BadMac);
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| ParseError::BadMac)?;
-        }
-        if parts.next().is_some() {
-            return Err(ParseError::BadMac);
-        }
-        Ok(MacAddr(out))
-    }
-}
+pub use crate::core::mac::MacAddr;
 
 /// Why a frame was not understood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -120,8 +68,6 @@ pub enum ParseError {
     Checksum,
     #[error("malformed neighbour discovery option")]
     BadOption,
-    #[error("malformed MAC address")]
-    BadMac,
 }
 
 /// ARP operation.
@@ -861,23 +807,5 @@ mod tests {
                 let _ = parse(&with_v6);
             }
         }
-    }
-
-    #[test]
-    fn mac_parse_and_display() {
-        let m: MacAddr = "02:00:00:00:00:0b".parse().unwrap();
-        assert_eq!(m, MAC_A);
-        assert_eq!(m.to_string(), "02:00:00:00:00:0b");
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:0b:01",
-            "zz:00:00:00:00:00",
-            "002:0:0:0:0:0",
-        ] {
-            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
-        }
-        assert!(MacAddr::BROADCAST.is_multicast());
-        assert!(!MAC_A.is_multicast());
     }
 }

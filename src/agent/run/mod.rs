@@ -29,11 +29,11 @@ use super::net::address::Marker;
 use super::net::links::{LinkWatch, NetState};
 use super::net::packet::MacAddr;
 use super::shares::{AnnouncerShares, Share};
-use super::view::{
+use crate::admin::{self, Readiness};
+use crate::api::view::{
     self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION, LeaseFacts,
     MACS_ANNOTATION,
 };
-use crate::admin::{self, Readiness};
 use crate::api::{IPAllocation, L2Announcement};
 use crate::cache::valid;
 use crate::core::category::Category;

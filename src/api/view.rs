@@ -1,4 +1,7 @@
-//! Translation of what the agent watches into `core::ownership`'s view. No decisions here.
+//! Translation of what the agents and the controller watch (Nodes, agent Leases,
+//! EndpointSlices, IPAllocations, L2Announcements) into `core::ownership`'s view. No decisions
+//! here: the agents decide ownership from it, the controller explains why an address is not
+//! served.
 
 use crate::lease::Sighting;
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,11 +14,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use regex::Regex;
 
-use super::net::packet::MacAddr;
-
 use crate::api::{
     AllocationPhase, AnnouncementMode, IPAllocation, L2Announcement, LabelSelectorExt,
 };
+use crate::core::mac::MacAddr;
 use crate::core::ownership::{
     AddressView, AnnounceMode, AnnouncementRule, Liveness, NodeView, ServiceOnAddress,
 };
