@@ -181,14 +181,76 @@ pub fn rendezvous_score(node: &str, ip: IpAddr) -> u64 {
     z ^ (z >> 31)
 }
 
-/// How a node could announce one address, if it may.
+/// Why one node may not announce an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Blocked {
+    /// Its agent holds no live Lease (not running, not selected long, or cut off from the API).
+    NoLiveAgent,
+    /// Labelled `node.kubernetes.io/exclude-from-external-load-balancers`.
+    Excluded,
+    /// Its condition `NetworkUnavailable` is True.
+    NetworkUnavailable,
+    /// A Service on the address has `externalTrafficPolicy: Local` and no ready endpoint here.
+    NoReadyEndpoint,
+    /// No usable interface (Ethernet, up, with carrier) that the L2Announcement names: a link
+    /// is down, or the patterns match nothing there (or no default route, when it names none).
+    NoInterface,
+}
+
+impl Blocked {
+    /// A condition reason: static, CamelCase.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Blocked::NoLiveAgent => "NoLiveAgent",
+            Blocked::Excluded => "NodesExcluded",
+            Blocked::NetworkUnavailable => "NetworkUnavailable",
+            Blocked::NoReadyEndpoint => "NoReadyEndpoint",
+            Blocked::NoInterface => "NoUsableInterface",
+        }
+    }
+
+    /// What it means, for a person.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Blocked::NoLiveAgent => "no live vipam agent Lease",
+            Blocked::Excluded => "labelled node.kubernetes.io/exclude-from-external-load-balancers",
+            Blocked::NetworkUnavailable => "condition NetworkUnavailable is True",
+            Blocked::NoReadyEndpoint => {
+                "no ready endpoint of an externalTrafficPolicy: Local Service on the address"
+            }
+            Blocked::NoInterface => {
+                "no usable interface the L2Announcement names (link down, or no match)"
+            }
+        }
+    }
+}
+
+/// Why nobody may announce an address: what [`explain`] finds when [`eligible`] is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unserved {
+    /// No L2Announcement covers it (its pool, or its Services' labels).
+    NoAnnouncement,
+    /// The covering L2Announcements (named) select no node.
+    NoNodeSelected(Vec<String>),
+    /// Every node they select is blocked, each for the first reason found.
+    NoEligibleNode(Vec<(String, Blocked)>),
+}
+
+/// How a node could announce one address, or why it may not. The first covering rule (by
+/// name) that selects the node and finds an interface there decides.
 fn candidacy(
     address: &AddressView,
     node: &NodeView,
     rules: &[&AnnouncementRule],
-) -> Option<(String, AnnounceMode, String)> {
-    if node.unavailable().is_some() {
-        return None;
+) -> Result<(String, AnnounceMode, String), Blocked> {
+    if !node.live {
+        return Err(Blocked::NoLiveAgent);
+    }
+    if node.excluded {
+        return Err(Blocked::Excluded);
+    }
+    if node.network_unavailable {
+        return Err(Blocked::NetworkUnavailable);
     }
     let local_ok = address
         .services
@@ -196,15 +258,61 @@ fn candidacy(
         .filter(|s| s.local_traffic)
         .all(|s| s.ready_nodes.contains(&node.name));
     if !local_ok {
+        return Err(Blocked::NoReadyEndpoint);
+    }
+    rules
+        .iter()
+        .filter(|rule| rule.selects_node(node))
+        .find_map(|rule| {
+            let interface = rule.interface_on(node)?;
+            Some((interface, rule.mode, rule.name.clone()))
+        })
+        .ok_or(Blocked::NoInterface)
+}
+
+/// The rules covering `address`, by name (the first decides interface and mode).
+fn covering<'a>(address: &AddressView, rules: &'a [AnnouncementRule]) -> Vec<&'a AnnouncementRule> {
+    let mut covering: Vec<&AnnouncementRule> = rules
+        .iter()
+        .filter(|r| r.covers(&address.pool, &address.services))
+        .collect();
+    covering.sort_by(|a, b| a.name.cmp(&b.name));
+    covering
+}
+
+/// Why nobody may announce `address`, or `None` when some node may (or no Service holds it:
+/// then there is nothing to announce). Nodes that no covering rule selects are not listed: they
+/// were never meant to announce it.
+pub fn explain(
+    address: &AddressView,
+    rules: &[AnnouncementRule],
+    nodes: &[NodeView],
+) -> Option<Unserved> {
+    if address.services.is_empty() {
         return None;
     }
-    rules.iter().find_map(|rule| {
-        if !rule.selects_node(node) {
-            return None;
+    let covering = covering(address, rules);
+    if covering.is_empty() {
+        return Some(Unserved::NoAnnouncement);
+    }
+    let selected: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| covering.iter().any(|r| r.selects_node(n)))
+        .collect();
+    if selected.is_empty() {
+        return Some(Unserved::NoNodeSelected(
+            covering.iter().map(|r| r.name.clone()).collect(),
+        ));
+    }
+    let mut blocked = Vec::new();
+    for node in selected {
+        match candidacy(address, node, &covering) {
+            Ok(_) => return None,
+            Err(why) => blocked.push((node.name.clone(), why)),
         }
-        let interface = rule.interface_on(node)?;
-        Some((interface, rule.mode, rule.name.clone()))
-    })
+    }
+    blocked.sort();
+    Some(Unserved::NoEligibleNode(blocked))
 }
 
 /// The nodes that may announce `address`, each with how it would, in no particular order.
@@ -213,19 +321,16 @@ pub fn eligible(
     rules: &[AnnouncementRule],
     nodes: &[NodeView],
 ) -> Vec<Owner> {
-    let mut covering: Vec<&AnnouncementRule> = rules
-        .iter()
-        .filter(|r| r.covers(&address.pool, &address.services))
-        .collect();
     // Several rules may select one node: the first by name decides interface and mode.
-    covering.sort_by(|a, b| a.name.cmp(&b.name));
+    let covering = covering(address, rules);
     if covering.is_empty() || address.services.is_empty() {
         return Vec::new();
     }
     nodes
         .iter()
         .filter_map(|node| {
-            candidacy(address, node, &covering).map(|(interface, mode, announcement)| Owner {
+            let candidate = candidacy(address, node, &covering).ok();
+            candidate.map(|(interface, mode, announcement)| Owner {
                 node: node.name.clone(),
                 interface,
                 mode,

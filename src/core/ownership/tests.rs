@@ -132,6 +132,160 @@ fn no_rule_or_no_service_means_no_owner() {
 }
 
 #[test]
+fn every_reason_an_address_is_not_served_is_named() {
+    let web = || service("ns", "web");
+    let mut local = service("ns", "local");
+    local.local_traffic = true;
+    local.ready_nodes = BTreeSet::from(["b".to_string()]);
+    let mut edge = rule("edge");
+    edge.node_selector = Some(selector("role", "edge"));
+    let mut strict = rule("strict");
+    strict.interfaces = vec![Regex::new("^bond0$").unwrap()];
+    let mut other_pool = rule("other");
+    other_pool.ip_pools = vec!["dmz".to_string()];
+    let dead = |name: &str| NodeView {
+        live: false,
+        ..node(name)
+    };
+    let excluded = |name: &str| NodeView {
+        excluded: true,
+        ..node(name)
+    };
+    let no_network = |name: &str| NodeView {
+        network_unavailable: true,
+        ..node(name)
+    };
+    let link_down = |name: &str| NodeView {
+        interfaces: vec![],
+        default_interface: None,
+        ..node(name)
+    };
+    use Blocked::*;
+    type Case = (
+        &'static str,
+        Vec<AnnouncementRule>,
+        Vec<NodeView>,
+        Vec<ServiceOnAddress>,
+        Option<Unserved>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "served",
+            vec![rule("all")],
+            vec![node("a")],
+            vec![web()],
+            None,
+        ),
+        (
+            "no rule",
+            vec![],
+            vec![node("a")],
+            vec![web()],
+            Some(Unserved::NoAnnouncement),
+        ),
+        (
+            "rule for another pool",
+            vec![other_pool],
+            vec![node("a")],
+            vec![web()],
+            Some(Unserved::NoAnnouncement),
+        ),
+        (
+            "node selector matches nothing",
+            vec![edge.clone()],
+            vec![node("a"), node("b")],
+            vec![web()],
+            Some(Unserved::NoNodeSelected(vec!["edge".to_string()])),
+        ),
+        (
+            "no agent",
+            vec![rule("all")],
+            vec![dead("a")],
+            vec![web()],
+            Some(Unserved::NoEligibleNode(vec![("a".into(), NoLiveAgent)])),
+        ),
+        (
+            "excluded",
+            vec![rule("all")],
+            vec![excluded("a")],
+            vec![web()],
+            Some(Unserved::NoEligibleNode(vec![("a".into(), Excluded)])),
+        ),
+        (
+            "network unavailable",
+            vec![rule("all")],
+            vec![no_network("a")],
+            vec![web()],
+            Some(Unserved::NoEligibleNode(vec![(
+                "a".into(),
+                NetworkUnavailable,
+            )])),
+        ),
+        (
+            "link down",
+            vec![rule("all")],
+            vec![link_down("a")],
+            vec![web()],
+            Some(Unserved::NoEligibleNode(vec![("a".into(), NoInterface)])),
+        ),
+        (
+            "pattern matches no interface",
+            vec![strict],
+            vec![node("a")],
+            vec![web()],
+            Some(Unserved::NoEligibleNode(vec![("a".into(), NoInterface)])),
+        ),
+        (
+            "local traffic without a ready endpoint where nodes may announce",
+            vec![rule("all")],
+            vec![node("a"), dead("b")],
+            vec![local.clone()],
+            Some(Unserved::NoEligibleNode(vec![
+                ("a".into(), NoReadyEndpoint),
+                ("b".into(), NoLiveAgent),
+            ])),
+        ),
+        (
+            "local traffic with a ready endpoint",
+            vec![rule("all")],
+            vec![node("a"), node("b")],
+            vec![local],
+            None,
+        ),
+        (
+            "only the selected nodes are listed, each for its first reason",
+            vec![edge],
+            vec![
+                NodeView {
+                    labels: BTreeMap::from([("role".to_string(), "edge".to_string())]),
+                    ..excluded("e1")
+                },
+                NodeView {
+                    labels: BTreeMap::from([("role".to_string(), "edge".to_string())]),
+                    live: false,
+                    ..excluded("e2")
+                },
+                dead("c"),
+            ],
+            vec![web()],
+            Some(Unserved::NoEligibleNode(vec![
+                ("e1".into(), Excluded),
+                ("e2".into(), NoLiveAgent),
+            ])),
+        ),
+    ];
+    for (name, rules, nodes, services, want) in cases {
+        let addr = address("192.0.2.7", services);
+        assert_eq!(explain(&addr, &rules, &nodes), want, "{name}");
+        assert_eq!(
+            want.is_none(),
+            !eligible(&addr, &rules, &nodes).is_empty(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn rules_filter_by_pool_service_and_node() {
     let mut nodes = vec![node("a"), node("b")];
     nodes[1].labels.insert("role".into(), "edge".into());
@@ -341,6 +495,18 @@ proptest! {
         let mut reversed_addresses = addresses.clone();
         reversed_addresses.reverse();
         prop_assert_eq!(assign(&reversed_addresses, &reversed_rules, &shuffled), expected);
+    }
+
+    #[test]
+    fn an_address_is_explained_exactly_when_nobody_may_announce_it(
+        nodes in arb_nodes(),
+        addresses in arb_addresses(),
+    ) {
+        let rules = rules();
+        for addr in &addresses {
+            let nobody = eligible(addr, &rules, &nodes).is_empty();
+            prop_assert_eq!(explain(addr, &rules, &nodes).is_some(), nobody && !addr.services.is_empty());
+        }
     }
 
     #[test]
