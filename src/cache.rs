@@ -17,6 +17,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
 use crate::api::{IPAllocation, IPPool, L2Announcement, allocation_entry};
 use crate::core::allocate::Ledger;
 use crate::core::category::Category;
@@ -296,6 +299,104 @@ fn spawn_ledger_watch(
                 watcher::Event::Apply(DeserializeGuard(Err(invalid)))
                 | watcher::Event::InitApply(DeserializeGuard(Err(invalid))) => {
                     tracing::warn!(kind = "IPAllocation", name = %invalid.metadata.name.clone().unwrap_or_default(), error = %invalid.error, "skipping a malformed object");
+                }
+            }
+        }
+    });
+}
+
+/// Drops what vipam never reads from cached objects (managedFields and annotations can
+/// be most of an object's size), so memory follows the number of objects, not their history.
+pub fn trim_metadata<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+/// A Node as ownership needs it: labels and conditions (not images, addresses, capacity...).
+pub fn trim_node(node: &mut Node) {
+    trim_metadata(node);
+    node.spec = None;
+    if let Some(status) = node.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            conditions: status.conditions.take(),
+            ..Default::default()
+        };
+    }
+}
+
+/// A hash of what a reader needs from an object: events that change nothing of it (status
+/// writes, unrelated fields) wake nothing.
+pub fn fingerprint(parts: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(parts)
+}
+
+pub fn slice_fingerprint(slice: &EndpointSlice) -> u64 {
+    let endpoints: Vec<(Option<&String>, Option<bool>)> = slice
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.node_name.as_ref(),
+                e.conditions.as_ref().and_then(|c| c.ready),
+            )
+        })
+        .collect();
+    fingerprint((slice.labels().get("kubernetes.io/service-name"), endpoints))
+}
+
+pub fn node_fingerprint(node: &Node) -> u64 {
+    let conditions: Vec<(&String, &String)> = node
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .map(|c| (&c.type_, &c.status))
+        .collect();
+    fingerprint((node.labels(), conditions))
+}
+
+/// A reflector that keeps `trim`med objects and calls `wake` only when what `relevant` hashes
+/// of an object changed, an object went away, or a (re)list began or ended. The agents and the
+/// controller's placement view use it.
+pub fn spawn_watched<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    relevant: fn(&K) -> u64,
+    wake: impl Fn() + Send + 'static,
+) where
+    K: Resource<DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(trim));
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        let mut seen: std::collections::HashMap<(Option<String>, String), u64> =
+            std::collections::HashMap::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    let key = (object.meta().namespace.clone(), object.name_any());
+                    let print = relevant(&object);
+                    if seen.insert(key, print) != Some(print) {
+                        wake();
+                    }
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    seen.remove(&(object.meta().namespace.clone(), object.name_any()));
+                    wake();
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => wake(),
+                Err(err) => {
+                    tracing::warn!(%kind, error = %err, "watch error; retrying with backoff")
                 }
             }
         }

@@ -17,8 +17,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::{Notify, watch};
 
 use super::AgentArgs;
@@ -35,7 +34,9 @@ use crate::api::view::{
     MACS_ANNOTATION,
 };
 use crate::api::{IPAllocation, L2Announcement};
-use crate::cache::valid;
+use crate::cache::{
+    node_fingerprint, slice_fingerprint, spawn_watched, trim_metadata, trim_node, valid,
+};
 use crate::core::category::Category;
 use crate::core::ownership::{self, AnnouncementRule, Liveness, NodeView};
 use crate::core::standing::{self, Announce, Standing};
@@ -293,45 +294,45 @@ pub(crate) async fn run_services(
         metrics: metrics.clone(),
         links: OnceLock::new(),
     });
-    spawn_reflector(
+    spawn_watched(
         Api::<DeserializeGuard<IPAllocation>>::all(client.clone()),
         allocation_writer,
         watcher::Config::default(),
         trim_metadata,
         allocation_fingerprint,
-        shared.clone(),
+        wake(&shared),
     );
-    spawn_reflector(
+    spawn_watched(
         Api::<Service>::all(client.clone()),
         service_writer,
         watcher::Config::default(),
         trim_metadata,
         service_fingerprint,
-        shared.clone(),
+        wake(&shared),
     );
-    spawn_reflector(
+    spawn_watched(
         Api::<EndpointSlice>::all(client.clone()),
         slice_writer,
         watcher::Config::default(),
         trim_metadata,
         slice_fingerprint,
-        shared.clone(),
+        wake(&shared),
     );
-    spawn_reflector(
+    spawn_watched(
         Api::<Node>::all(client.clone()),
         node_writer,
         watcher::Config::default(),
         trim_node,
         node_fingerprint,
-        shared.clone(),
+        wake(&shared),
     );
-    spawn_reflector(
+    spawn_watched(
         Api::<DeserializeGuard<L2Announcement>>::all(client.clone()),
         l2_writer,
         watcher::Config::default(),
         trim_metadata,
         l2_fingerprint,
-        shared.clone(),
+        wake(&shared),
     );
     let leases_synced = Arc::new(Notify::new());
     tokio::spawn(watch_leases(
@@ -414,4 +415,10 @@ pub(crate) async fn run_services(
     };
     own_shares.hand_over(args.handover_timeout, handover).await;
     Ok(())
+}
+
+/// Wakes the decision loop (for [`spawn_watched`]).
+fn wake(shared: &Arc<Shared>) -> impl Fn() + Send + 'static {
+    let shared = shared.clone();
+    move || shared.changed.notify_one()
 }
