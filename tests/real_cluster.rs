@@ -1006,3 +1006,109 @@ fn services_that_are_not_ours_are_never_written() {
     assert_eq!(held, [format!("{ns}/ours")]);
     v.assert_no_forbidden();
 }
+
+/// The Service's `vipam.io/Announced` condition as (reason, message).
+fn announced(cp: &ControlPlane, ns: &str, name: &str) -> Option<(String, String)> {
+    let svc = get_json(cp, &["get", "service", "-n", ns, name]);
+    let c = condition(&svc, "vipam.io/Announced")?;
+    Some((c["reason"].as_str()?.into(), c["message"].as_str()?.into()))
+}
+
+/// An agent's Lease as the agent writes it, listing `interfaces` (its usable ones), held for
+/// an hour so that only what it says matters here.
+fn agent_lease(node: &str, interfaces: &str) -> String {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": format!("vipam-agent-{node}"),
+            "namespace": "vipam-system",
+            "labels": {"vipam.io/agent-lease": "true"},
+            "annotations": {
+                "vipam.io/interfaces": interfaces,
+                "vipam.io/default-interface": interfaces,
+                "vipam.io/lease-duration-ms": "3600000"
+            }
+        },
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 3600}
+    })
+    .to_string()
+}
+
+#[test]
+fn an_unannounced_service_says_why_for_every_reason() {
+    let _serial = serial();
+    let v = vipam();
+    let cp = v.cp;
+    let pool = "t-why";
+    let node = "t-why-node";
+    let blocks = json!([{"start": "203.0.113.60", "stop": "203.0.113.63"}]);
+    let mut guard = namespace_with_pool(cp, pool, blocks, &[]);
+    guard.delete_on_drop("l2announcement", pool);
+    guard.delete_on_drop("node", node);
+    let ns = guard.name.clone();
+    let lease_name = format!("vipam-agent-{node}");
+    let _ = cp.kubectl(&["delete", "lease", "-n", "vipam-system", &lease_name]);
+    let expect = |reason: &str, text: &str| {
+        let (_, message) = wait_for(
+            &format!("Announced=False reason {reason}"),
+            Duration::from_secs(30),
+            || announced(cp, &ns, "web").filter(|(r, _)| r == reason),
+        );
+        assert!(message.contains(text), "{reason}: {message}");
+        assert!(message.contains("203.0.113.60"), "{reason}: {message}");
+    };
+    let l2 = json!({"apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement",
+        "metadata": {"name": pool},
+        "spec": {"ipPools": [pool], "nodeSelector": {"matchLabels": {"vipam-test/why": "yes"}}}});
+    apply_ok(cp, &l2.to_string());
+    // externalTrafficPolicy: Local, and no selector: the test writes its endpoints itself.
+    let mut service = service_json(&ns, "web", &[("vipam.io/pool", pool)], &[(80, "TCP")]);
+    service["spec"]["externalTrafficPolicy"] = json!("Local");
+    service["spec"].as_object_mut().unwrap().remove("selector");
+    apply_ok(cp, &service.to_string());
+
+    expect("NoNodeSelected", "L2Announcement t-why selects no node");
+
+    let node_object = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node, "labels": {"vipam-test/why": "yes"}}});
+    apply_ok(cp, &node_object.to_string());
+    expect("NoLiveAgent", "t-why-node: no live vipam agent Lease");
+
+    // The agent lists no usable interface: its link is down.
+    apply_ok(cp, &agent_lease(node, ""));
+    expect("NoUsableInterface", "t-why-node: no usable interface");
+
+    // The link is back; the Service's traffic policy still needs a ready endpoint there.
+    apply_ok(cp, &agent_lease(node, "eth0"));
+    expect("NoReadyEndpoint", "externalTrafficPolicy: Local");
+
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-manual", "namespace": ns, "labels": {
+            "kubernetes.io/service-name": "web",
+            "endpointslice.kubernetes.io/managed-by": "vipam-tests"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["203.0.113.200"], "nodeName": node,
+                       "conditions": {"ready": true}}],
+        "ports": [{"name": "p80-tcp", "port": 80, "protocol": "TCP"}]});
+    apply_ok(cp, &slice.to_string());
+    // Now a node may announce it: the controller waits for that node's agent.
+    let (_, message) = wait_for(
+        "Announced=False reason Pending",
+        Duration::from_secs(30),
+        || announced(cp, &ns, "web").filter(|(r, _)| r == "Pending"),
+    );
+    assert!(message.contains("waiting for a vipam agent"), "{message}");
+
+    cp.kubectl_ok(&[
+        "label",
+        "node",
+        node,
+        "node.kubernetes.io/exclude-from-external-load-balancers=",
+    ]);
+    expect("NodesExcluded", "exclude-from-external-load-balancers");
+
+    let _ = cp.kubectl(&["delete", "lease", "-n", "vipam-system", &lease_name]);
+    expect("NoLiveAgent", "t-why-node: no live vipam agent Lease");
+    v.assert_no_forbidden();
+}

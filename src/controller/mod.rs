@@ -4,7 +4,9 @@
 
 pub mod clock;
 pub mod conditions;
+pub mod explain;
 pub mod lease;
+pub mod placement;
 pub mod reconcile;
 
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use self::clock::{SharedClock, SystemClock};
 use self::lease::{Elector, LeaderGate, LeaseConfig};
+use self::placement::Placement;
 use self::reconcile::{PassReport, Reconciler, ReconcilerConfig};
 use crate::admin::{self, Metrics, PhaseLabel, PoolLabel, Readiness, ResultLabel};
 use crate::cache::Caches;
@@ -298,14 +301,23 @@ impl Reconcilers {
         let mut tasks = vec![tokio::spawn(elector.run())];
         let (services, changed, watch) = watch_services(client.clone());
         tasks.push(watch);
-        let reconciler = Arc::new(Reconciler::new(
-            client,
-            caches.clone(),
-            services.clone(),
-            settings.reconciler,
-            clock,
-            gate.clone(),
-        ));
+        let (placement, placement_tasks) = Placement::spawn(
+            client.clone(),
+            &settings.lease.namespace,
+            caches.generation.clone(),
+        );
+        tasks.extend(placement_tasks);
+        let reconciler = Arc::new(
+            Reconciler::new(
+                client,
+                caches.clone(),
+                services.clone(),
+                settings.reconciler,
+                clock,
+                gate.clone(),
+            )
+            .with_placement(placement),
+        );
         tasks.push(tokio::spawn(reconcile_loop(
             reconciler.clone(),
             caches,

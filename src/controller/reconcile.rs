@@ -19,7 +19,9 @@ use super::clock::SharedClock;
 use super::conditions::{
     self, ADDRESS_CONFLICT, ALLOCATED, ANNOUNCED, CONFLICT, ORPHANED, READY, Wanted,
 };
+use super::explain;
 use super::lease::LeaderGate;
+use super::placement::Placement;
 use crate::api::{
     AllocationPhase, IPAllocation, IPPool, L2Announcement, LabelSelectorExt, allocation_object,
     l2_pool_names, patch_params, pool_spec, post_params, service_view, time_from_seconds,
@@ -29,6 +31,7 @@ use crate::core::allocate::{Context, Decision, Denial, How, Ledger, LedgerEntry}
 use crate::core::category::Category;
 use crate::core::lifecycle::{decide_adopting, needs_decision, stale_holdings};
 use crate::core::names::allocation_name;
+use crate::core::ownership::Unserved;
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::range::Family;
 use crate::core::request::{Request, RequestError, RequestPolicy, ServiceRef, format_ip_list};
@@ -116,6 +119,9 @@ pub struct Reconciler {
     /// Who announced each bound address at the last pass (node, interface); `None` until the
     /// first pass as leader, which only remembers (a restart or failover announces nothing new).
     announcers: std::sync::Mutex<Option<BTreeMap<IpAddr, (String, String)>>>,
+    /// Nodes, agent Leases and endpoints, to say why nobody announces an address (None: the
+    /// conditions say only whether an L2Announcement covers the pool).
+    placement: Option<Placement>,
 }
 
 /// An address whose announcer appeared or moved: (ip, before, (node, interface), Services).
@@ -208,7 +214,31 @@ impl Reconciler {
             gate,
             recorder,
             announcers: std::sync::Mutex::new(None),
+            placement: None,
         }
+    }
+
+    /// Explains unserved addresses from `placement` (the controller's own watches).
+    pub fn with_placement(mut self, placement: Placement) -> Reconciler {
+        self.placement = Some(placement);
+        self
+    }
+
+    /// Why nobody may announce each address that needs an announcer (see [`explain`]).
+    fn unserved(&self, seen: &BTreeMap<ServiceRef, Seen>) -> BTreeMap<IpAddr, Unserved> {
+        let Some(placement) = self.placement.as_ref().filter(|p| p.is_synced()) else {
+            return BTreeMap::new();
+        };
+        let services: Vec<&Service> = seen.values().map(|s| &s.service).collect();
+        let l2 = valid(&self.caches.l2announcements);
+        let state = self.caches.ledger.lock();
+        let allocations: Vec<&IPAllocation> = state
+            .ledger
+            .entries()
+            .filter(|e| !e.is_released())
+            .filter_map(|e| state.objects.get(&e.ip))
+            .collect();
+        explain::unserved(placement, &allocations, &services, &l2)
     }
 
     fn context(&self) -> Context {
@@ -293,9 +323,10 @@ impl Reconciler {
                 let millis = at.saturating_mul(1000) - self.clock.now_millis() + 50;
                 std::time::Duration::from_millis(millis.max(0) as u64)
             });
+        let unserved = self.unserved(&seen);
         for (service, item) in &seen {
             if let Err(err) = self
-                .reconcile_service(service, item, &ctx, &mut report)
+                .reconcile_service(service, item, &unserved, &ctx, &mut report)
                 .await
             {
                 report.failed(&err);
@@ -694,6 +725,7 @@ impl Reconciler {
         &self,
         service: &ServiceRef,
         item: &Seen,
+        unserved: &BTreeMap<IpAddr, Unserved>,
         ctx: &Context,
         report: &mut PassReport,
     ) -> Result<(), ReconcileError> {
@@ -724,7 +756,7 @@ impl Reconciler {
                     self.leave(*dropped, std::slice::from_ref(service), ctx, report)
                         .await?;
                 }
-                self.wanted_conditions(request)
+                self.wanted_conditions(request, unserved)
             }
             Err(denial) => {
                 let held = self.caches.ledger.lock().ledger.bound_to(service);
@@ -793,7 +825,11 @@ impl Reconciler {
     }
 
     /// The Service's addresses (in its family order) and its Allocated/Announced conditions.
-    fn wanted_conditions(&self, request: &Request) -> (Vec<IpAddr>, Vec<Wanted>) {
+    fn wanted_conditions(
+        &self,
+        request: &Request,
+        unserved: &BTreeMap<IpAddr, Unserved>,
+    ) -> (Vec<IpAddr>, Vec<Wanted>) {
         self.ledger.read(|snapshot| {
             let mut held: Vec<&LedgerEntry> = snapshot
                 .ledger
@@ -834,7 +870,13 @@ impl Reconciler {
             let mut pending = Vec::new();
             let mut announced = Vec::new();
             let mut in_conflict = Vec::new();
+            let mut not_served = None;
             for entry in &held {
+                if let Some(why) = unserved.get(&entry.ip) {
+                    not_served
+                        .get_or_insert_with(|| explain::condition(entry.ip, &entry.pool, why));
+                    continue;
+                }
                 let status = snapshot
                     .objects
                     .get(&entry.ip)
@@ -873,6 +915,8 @@ impl Reconciler {
                         in_conflict.join("; ")
                     ),
                 )
+            } else if let Some(why) = not_served {
+                why
             } else if pending.is_empty() {
                 Wanted::new(ANNOUNCED, true, "Announced", announced.join(", "))
             } else if let Some((ip, pool, _)) = pending.iter().find(|(_, _, covered)| !covered) {

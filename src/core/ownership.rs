@@ -236,8 +236,9 @@ pub enum Unserved {
     NoEligibleNode(Vec<(String, Blocked)>),
 }
 
-/// How a node could announce one address, or why it may not. The first covering rule (by
-/// name) that selects the node and finds an interface there decides.
+/// How a node could announce one address, or why it may not (the first reason, in the order of
+/// [`Blocked`]'s variants except that a missing interface comes before missing endpoints). The
+/// first covering rule (by name) that selects the node and finds an interface there decides.
 fn candidacy(
     address: &AddressView,
     node: &NodeView,
@@ -252,6 +253,16 @@ fn candidacy(
     if node.network_unavailable {
         return Err(Blocked::NetworkUnavailable);
     }
+    // The node's own state before the Services' endpoints: a link that is down is the first
+    // thing to fix, whatever runs there.
+    let how = rules
+        .iter()
+        .filter(|rule| rule.selects_node(node))
+        .find_map(|rule| {
+            let interface = rule.interface_on(node)?;
+            Some((interface, rule.mode, rule.name.clone()))
+        })
+        .ok_or(Blocked::NoInterface)?;
     let local_ok = address
         .services
         .iter()
@@ -260,14 +271,7 @@ fn candidacy(
     if !local_ok {
         return Err(Blocked::NoReadyEndpoint);
     }
-    rules
-        .iter()
-        .filter(|rule| rule.selects_node(node))
-        .find_map(|rule| {
-            let interface = rule.interface_on(node)?;
-            Some((interface, rule.mode, rule.name.clone()))
-        })
-        .ok_or(Blocked::NoInterface)
+    Ok(how)
 }
 
 /// The rules covering `address`, by name (the first decides interface and mode).

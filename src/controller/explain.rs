@@ -1,0 +1,206 @@
+//! Why an address is not served, in a sentence a person can act on: the Service's
+//! `vipam.io/Announced=False` condition when no node may announce one of its addresses
+//! ([`crate::core::ownership::explain`] on the controller's [`Placement`] view).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+
+use super::conditions::{ANNOUNCED, Wanted};
+use super::placement::Placement;
+use crate::api::view;
+use crate::api::{IPAllocation, L2Announcement};
+use crate::core::ownership::{self, Blocked, Unserved};
+
+/// How many nodes a message names before it counts the rest.
+const NAMED_NODES: usize = 5;
+
+/// Why nobody may announce each address that needs it: every bound address without an
+/// announcer, or whose announcer's agent Lease is no longer live. Addresses some node may
+/// announce are absent (an agent is about to, or already does).
+pub fn unserved(
+    placement: &Placement,
+    allocations: &[&IPAllocation],
+    services: &[&Service],
+    l2announcements: &[L2Announcement],
+) -> BTreeMap<IpAddr, Unserved> {
+    let waiting: Vec<&IPAllocation> = allocations
+        .iter()
+        .copied()
+        .filter(|a| {
+            let status = a.status.as_ref();
+            if status.is_some_and(|s| s.conflict.is_some()) {
+                return false; // the agent's report says why already
+            }
+            match status.and_then(|s| s.announcer.as_ref()) {
+                None => true,
+                Some(announcer) => !placement.is_live(&announcer.node),
+            }
+        })
+        .collect();
+    if waiting.is_empty() {
+        return BTreeMap::new();
+    }
+    // Invalid announcements are reported on their own status and skipped here, as the agents
+    // skip them.
+    let rules: Vec<_> = l2announcements
+        .iter()
+        .filter_map(|l2| view::rule(l2).ok())
+        .collect();
+    let nodes = placement.nodes();
+    let ready = placement.ready_nodes();
+    let index = view::index_services(services.iter().copied());
+    waiting
+        .into_iter()
+        .filter_map(|allocation| {
+            let address = view::address_view(allocation, &index, &ready)?;
+            let why = ownership::explain(&address, &rules, &nodes)?;
+            Some((address.ip, why))
+        })
+        .collect()
+}
+
+/// The Announced condition for `ip` of `pool`, which nobody may announce because of `why`.
+pub fn condition(ip: IpAddr, pool: &str, why: &Unserved) -> Wanted {
+    match why {
+        Unserved::NoAnnouncement => Wanted::new(
+            ANNOUNCED,
+            false,
+            "NoL2Announcement",
+            format!(
+                "no L2Announcement covers {ip} (IPPool {pool}; an announcement's ipPools and \
+                 serviceSelector must both match), so nothing announces it: create one that \
+                 lists the pool (or lists no pools) and selects the Service"
+            ),
+        ),
+        Unserved::NoNodeSelected(names) => Wanted::new(
+            ANNOUNCED,
+            false,
+            "NoNodeSelected",
+            format!(
+                "the nodeSelector of L2Announcement {} selects no node, so nothing announces \
+                 {ip}: label the nodes that should announce it, or change the selector",
+                names.join(", ")
+            ),
+        ),
+        Unserved::NoEligibleNode(nodes) => {
+            let first = nodes.first().map(|(_, why)| *why);
+            let same = first.filter(|first| nodes.iter().all(|(_, why)| why == first));
+            let listed: Vec<String> = nodes
+                .iter()
+                .take(NAMED_NODES)
+                .map(|(node, why)| format!("{node}: {}", why.describe()))
+                .collect();
+            let more = nodes.len().saturating_sub(NAMED_NODES);
+            let more = if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            };
+            let (reason, hint) = match same {
+                Some(why) => (why.reason(), hint(why)),
+                None => ("NoEligibleNode", "see each node's reason"),
+            };
+            Wanted::new(
+                ANNOUNCED,
+                false,
+                reason,
+                format!(
+                    "no node may announce {ip} ({}{more}): {hint}",
+                    listed.join("; ")
+                ),
+            )
+        }
+    }
+}
+
+/// What a person can do about one reason.
+fn hint(why: Blocked) -> &'static str {
+    match why {
+        Blocked::NoLiveAgent => {
+            "check that the vipam agent runs on these nodes and reaches the API server"
+        }
+        Blocked::Excluded => {
+            "remove the label from a node that should announce, or select other nodes"
+        }
+        Blocked::NetworkUnavailable => "the nodes' network plugin reports no network",
+        Blocked::NoReadyEndpoint => {
+            "the Service has externalTrafficPolicy: Local, so only a node running a ready \
+             endpoint may announce it: start one on a selected node, or use Cluster"
+        }
+        Blocked::NoInterface => {
+            "check the links (carrier) and the L2Announcement's interfaces patterns"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reason_has_its_own_condition_reason_and_names_the_nodes() {
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let one = |why| Unserved::NoEligibleNode(vec![("n1".to_string(), why)]);
+        let cases = [
+            (Unserved::NoAnnouncement, "NoL2Announcement", "IPPool lan"),
+            (
+                Unserved::NoNodeSelected(vec!["edge".into()]),
+                "NoNodeSelected",
+                "L2Announcement edge selects no node",
+            ),
+            (
+                one(Blocked::NoLiveAgent),
+                "NoLiveAgent",
+                "n1: no live vipam agent Lease",
+            ),
+            (
+                one(Blocked::Excluded),
+                "NodesExcluded",
+                "n1: labelled node.kubernetes.io/exclude",
+            ),
+            (
+                one(Blocked::NetworkUnavailable),
+                "NetworkUnavailable",
+                "n1: condition",
+            ),
+            (
+                one(Blocked::NoReadyEndpoint),
+                "NoReadyEndpoint",
+                "externalTrafficPolicy: Local",
+            ),
+            (one(Blocked::NoInterface), "NoUsableInterface", "link down"),
+            (
+                Unserved::NoEligibleNode(vec![
+                    ("n1".into(), Blocked::Excluded),
+                    ("n2".into(), Blocked::NoLiveAgent),
+                ]),
+                "NoEligibleNode",
+                "n1: labelled",
+            ),
+        ];
+        for (why, reason, text) in cases {
+            let wanted = condition(ip, "lan", &why);
+            assert!(!wanted.status, "{reason}");
+            assert_eq!(wanted.reason, reason);
+            assert!(
+                wanted.message.contains(text),
+                "{reason}: {}",
+                wanted.message
+            );
+            assert!(wanted.message.contains("192.0.2.7"), "{}", wanted.message);
+        }
+        let many = Unserved::NoEligibleNode(
+            (0..8)
+                .map(|i| (format!("n{i}"), Blocked::NoLiveAgent))
+                .collect(),
+        );
+        let message = condition(ip, "lan", &many).message;
+        assert!(
+            message.contains("n4:") && !message.contains("n5:"),
+            "{message}"
+        );
+        assert!(message.contains("and 3 more"), "{message}");
+    }
+}
