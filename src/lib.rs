@@ -9,6 +9,7 @@ pub mod cache;
 pub mod check;
 pub mod controller;
 pub mod core;
+pub mod import;
 pub mod lease;
 pub mod manifest;
 pub mod webhook;

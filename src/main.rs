@@ -35,6 +35,15 @@ enum Command {
     /// Print ready-to-commit manifests for the control-plane VIP.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Convert kube-vip, Cilium LB-IPAM / L2 announcement or MetalLB configuration to vipam
+    /// objects.
+    ///
+    /// Reads files, directories (recursively) or `-` (a multi-document stream, e.g.
+    /// `kubectl get ipaddresspools,l2advertisements -A -o yaml | vipam import -`) and prints the
+    /// vipam objects as YAML. Warnings on stderr name every setting that was changed on the way
+    /// or has no vipam equivalent. Exit status: 0 all carried over, 1 something could not be
+    /// (what could is still printed), 2 usage or I/O error.
+    Import(ImportArgs),
     /// Print the CustomResourceDefinitions (generated from the Rust types).
     Crds {
         /// Write one file per CRD into this directory instead of printing.
@@ -98,10 +107,24 @@ impl ManifestArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct ImportArgs {
+    /// Directories, files, or `-` for standard input.
+    #[arg(value_name = "PATH", required = true)]
+    paths: Vec<String>,
+    /// Write one file per object into this directory (created if missing) instead of printing.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
 struct CheckArgs {
     /// Directories, files, or `-` for standard input.
     #[arg(value_name = "PATH", default_value = ".")]
     paths: Vec<String>,
+    /// Check several clusters' trees that share a LAN: each tree as usual, plus every address
+    /// two clusters could both hand out or announce (overlapping pools, one pinned address).
+    #[arg(long, value_name = "NAME=PATH", num_args = 2.., conflicts_with = "paths", value_parser = parse_cluster)]
+    clusters: Vec<(String, String)>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = FormatArg::Table)]
     format: FormatArg,
@@ -156,9 +179,19 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_cluster(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), path.to_string()))
+        }
+        _ => Err(format!("{text:?} is not NAME=PATH")),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check(args) => run_check(args),
+        Command::Import(args) => run_import(args),
         Command::Controller(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(vipam::controller::run(*args))?;
@@ -211,15 +244,63 @@ fn run_check(args: CheckArgs) -> Result<ExitCode> {
             },
         },
     };
-    let report = check::check_inputs(&args.paths, &mut std::io::stdin().lock(), &options)?;
     let format = match args.format {
         FormatArg::Table => Format::Table,
         FormatArg::Json => Format::Json,
         FormatArg::Markdown => Format::Markdown,
     };
+    if !args.clusters.is_empty() {
+        let report = check::check_clusters(&args.clusters, &options)?;
+        print!("{}", check::render_clusters(&report, format, args.verbose));
+        return Ok(if report.failed(args.strict) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let report = check::check_inputs(&args.paths, &mut std::io::stdin().lock(), &options)?;
     print!("{}", check::render(&report, format, args.verbose));
     let failed = report.errors() > 0 || (args.strict && report.warnings() > 0);
     Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_import(args: ImportArgs) -> Result<ExitCode> {
+    let imported = vipam::import::import_inputs(&args.paths, &mut std::io::stdin().lock())?;
+    match &args.out_dir {
+        None => print!("{}", imported.to_yaml()?),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for converted in &imported.objects {
+                let path = dir.join(converted.object.file_name());
+                std::fs::write(&path, vipam::import::document_text(converted)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    for warning in &imported.warnings {
+        eprintln!("{warning}");
+    }
+    let lost = imported.lost_anything();
+    eprintln!(
+        "{}: {} object(s) written; {} setting(s) changed, {} not converted",
+        if lost { "INCOMPLETE" } else { "OK" },
+        imported.objects.len(),
+        imported
+            .warnings
+            .iter()
+            .filter(|w| w.outcome == vipam::import::Outcome::Changed)
+            .count(),
+        imported
+            .warnings
+            .iter()
+            .filter(|w| w.outcome == vipam::import::Outcome::Lost)
+            .count(),
+    );
+    Ok(if lost {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

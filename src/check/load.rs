@@ -52,6 +52,8 @@ pub enum LoadError {
     },
     #[error("{0}: no such file or directory")]
     Missing(String),
+    #[error("cluster {0} is named twice in --clusters")]
+    DuplicateCluster(String),
 }
 
 impl crate::core::category::Category for LoadError {
@@ -59,6 +61,7 @@ impl crate::core::category::Category for LoadError {
         match self {
             LoadError::Io { .. } => "io",
             LoadError::Missing(_) => "missing",
+            LoadError::DuplicateCluster(_) => "usage",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! namespace/name order. Auto-assigned results are *predicted*: in a cluster they depend on the
 //! order Services are created.
 
+mod clusters;
 mod load;
 mod report;
 
@@ -25,6 +26,7 @@ use crate::core::request::{
     ANN_ASSIGNED_IPS, RequestError, RequestPolicy, SPEC_LOAD_BALANCER_IP, ServiceRef,
 };
 
+pub use clusters::{ClusterReport, ClusterRun, check_clusters, render_clusters};
 pub use load::{Document, LoadError, Loaded, load};
 pub use report::{Format, render};
 
@@ -95,6 +97,9 @@ pub struct PoolRow {
     pub free_truncated: bool,
     pub announced: bool,
     pub source: Source,
+    /// What the pool may hand out (its blocks minus skipped ends and ranges an overlapping
+    /// pool keeps), for `--clusters`.
+    pub owned: Vec<IpRange>,
 }
 
 /// Everything `check` found.
@@ -371,6 +376,7 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
             free_truncated,
             announced,
             source,
+            owned: pool.owned().ranges().collect(),
         });
     }
     report.problems.sort_by(|a, b| {

@@ -60,7 +60,7 @@ fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn problem_line(p: &Problem) -> String {
+pub(super) fn problem_line(p: &Problem) -> String {
     let severity = match p.severity {
         Severity::Error => "error",
         Severity::Warning => "warning",
@@ -175,7 +175,7 @@ fn distinct_ips(report: &Report) -> usize {
     ips.len()
 }
 
-fn to_json(report: &Report, verbose: bool) -> Value {
+pub(super) fn to_json(report: &Report, verbose: bool) -> Value {
     let pools: Vec<Value> = report
         .pools
         .iter()
