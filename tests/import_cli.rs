@@ -1,0 +1,761 @@
+//! `vipam import` and `vipam check --clusters` end to end: every field of the fixtures (shaped as
+//! kube-vip, Cilium and MetalLB document them) converted or warned about by name, the output
+//! accepted by `vipam check` with every pinned address kept, the example tree's pools surviving a
+//! round trip through each tool's format, and overlaps across clusters found.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde::Deserialize;
+use serde_json::Value;
+use vipam::api::{IPPool, L2Announcement};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn vipam(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vipam"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vipam runs");
+    let input = stdin.unwrap_or("").to_string();
+    let mut pipe = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+const FIXTURES: &str = "tests/data/import";
+
+/// The YAML documents of a stream, parsed.
+fn documents(text: &str) -> Vec<Value> {
+    text.split("\n---\n")
+        .flat_map(|d| d.strip_prefix("---\n").or(Some(d)))
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        })
+        .map(|d| serde_saphyr::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}:\n{d}")))
+        .collect()
+}
+
+fn of_kind<'a, T: Deserialize<'a>>(docs: &'a [Value], kind: &str) -> Vec<T> {
+    docs.iter()
+        .filter(|d| d["kind"] == kind)
+        .map(|d| T::deserialize(d).unwrap())
+        .collect()
+}
+
+fn pool<'a>(pools: &'a [IPPool], name: &str) -> &'a IPPool {
+    pools
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no IPPool {name}"))
+}
+
+fn l2<'a>(l2s: &'a [L2Announcement], name: &str) -> &'a L2Announcement {
+    l2s.iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no L2Announcement {name}"))
+}
+
+fn blocks(pool: &IPPool) -> Vec<String> {
+    pool.spec
+        .blocks
+        .iter()
+        .map(|b| match (&b.cidr, &b.start, &b.stop) {
+            (Some(c), _, _) => c.clone(),
+            (None, Some(s), Some(e)) => format!("{s}-{e}"),
+            (None, Some(s), None) => s.clone(),
+            _ => panic!("empty block"),
+        })
+        .collect()
+}
+
+fn json(v: &impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap()
+}
+
+/// Asserts every needle appears on one warning line of stderr that also names `field`.
+fn warned(err: &str, object: &str, field: &str, needle: &str) {
+    assert!(
+        err.lines().any(|l| l.starts_with("warning[")
+            && l.contains(object)
+            && l.contains(&format!(": {field}: "))
+            && l.contains(needle)),
+        "no warning on {object} {field} with {needle:?}:\n{err}"
+    );
+}
+
+#[test]
+fn metallb_every_field_is_converted_or_named() {
+    let out = vipam(&["import", &format!("{FIXTURES}/metallb/full")], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let docs = documents(&stdout(&out));
+    let pools: Vec<IPPool> = of_kind(&docs, "IPPool");
+    let l2s: Vec<L2Announcement> = of_kind(&docs, "L2Announcement");
+    assert_eq!(pools.len(), 3);
+
+    let lan = pool(&pools, "lan");
+    assert_eq!(blocks(lan), ["192.168.0.220-192.168.0.239"]);
+    // No serviceAllocation: MetalLB tries it after every pool that has one.
+    assert_eq!(lan.spec.priority, 12);
+    warned(
+        &err,
+        "IPAddressPool metallb-system/lan",
+        "spec.serviceAllocation.priority",
+        "written as priority 12",
+    );
+
+    let servers = pool(&pools, "servers");
+    assert_eq!(
+        blocks(servers),
+        ["10.20.0.0/28", "10.20.0.32-10.20.0.40", "fd00:20::/124"]
+    );
+    assert!(!servers.spec.auto_assign);
+    assert!(servers.spec.avoid_buggy_ips);
+    // MetalLB hands out a CIDR's network and broadcast addresses.
+    assert!(servers.spec.allow_first_last_ips);
+    assert_eq!(servers.spec.priority, 10);
+    assert_eq!(servers.spec.namespaces, ["db", "cache"]);
+    assert_eq!(
+        json(&servers.spec.service_selector),
+        serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["data", "cache"]}]})
+    );
+
+    let tenants = pool(&pools, "tenants");
+    assert_eq!(tenants.spec.priority, 11);
+    warned(
+        &err,
+        "IPAddressPool metallb-system/tenants",
+        "spec.serviceAllocation.namespaceSelectors",
+        "serves Services of every namespace",
+    );
+    warned(
+        &err,
+        "IPAddressPool metallb-system/tenants",
+        "spec.serviceAllocation.serviceSelectors",
+        "only the first was carried over",
+    );
+
+    let home = l2(&l2s, "home");
+    assert_eq!(home.spec.ip_pools, ["lan"]);
+    assert_eq!(home.spec.interfaces, ["^eth0$", "^enp1s0$"]);
+    assert_eq!(
+        json(&home.spec.node_selector),
+        serde_json::json!({"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-a", "node-b"]}]})
+    );
+    let dc = l2(&l2s, "dc");
+    assert_eq!(
+        dc.spec.ip_pools,
+        ["servers"],
+        "the pool selector resolved by labels"
+    );
+    warned(
+        &err,
+        "L2Advertisement metallb-system/dc",
+        "spec.ipAddressPoolSelectors",
+        "matched servers",
+    );
+    warned(
+        &err,
+        "L2Advertisement metallb-system/dc",
+        "spec.nodeSelectors",
+        "only the first was carried over",
+    );
+    warned(
+        &err,
+        "L2Advertisement metallb-system/dc",
+        "spec.interfaces",
+        "every interface",
+    );
+    warned(
+        &err,
+        "L2Advertisement metallb-system/nowhere",
+        "spec.ipAddressPoolSelectors",
+        "no L2Announcement written",
+    );
+    assert!(
+        l2s.iter()
+            .all(|l| l.metadata.name.as_deref() != Some("nowhere"))
+    );
+    let everything = l2(&l2s, "everything");
+    assert!(everything.spec.ip_pools.is_empty() && everything.spec.node_selector.is_none());
+
+    for (kind, name) in [
+        ("BGPPeer", "router"),
+        ("BGPAdvertisement", "servers"),
+        ("Community", "communities"),
+        ("BFDProfile", "fast"),
+    ] {
+        warned(
+            &err,
+            &format!("{kind} metallb-system/{name}"),
+            "spec",
+            "vipam has no BGP mode yet",
+        );
+    }
+    // Each object says where it came from.
+    assert!(stdout(&out).contains(
+        "# vipam import: from metallb.io/v1beta1 IPAddressPool metallb-system/servers at tests/data/import/metallb/full/pools.yaml:13"
+    ));
+}
+
+#[test]
+fn metallb_legacy_config_map() {
+    let out = vipam(&["import", &format!("{FIXTURES}/metallb/legacy")], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let docs = documents(&stdout(&out));
+    let pools: Vec<IPPool> = of_kind(&docs, "IPPool");
+    let default = pool(&pools, "default");
+    assert_eq!(blocks(default), ["192.168.1.240-192.168.1.250"]);
+    assert!(default.spec.avoid_buggy_ips);
+    let bgp = pool(&pools, "bgp-pool");
+    assert_eq!(blocks(bgp), ["198.51.100.0/28"]);
+    assert!(!bgp.spec.auto_assign);
+    assert!(bgp.spec.allow_first_last_ips);
+    let l2s: Vec<L2Announcement> = of_kind(&docs, "L2Announcement");
+    assert_eq!(l2s.len(), 1, "only the layer2 pool is announced");
+    assert_eq!(l2(&l2s, "default").spec.ip_pools, ["default"]);
+    let object = "ConfigMap metallb-system/config";
+    warned(&err, object, "data.config.peers", "no BGP mode");
+    warned(
+        &err,
+        object,
+        "data.config.address-pools[1].protocol",
+        "no BGP mode",
+    );
+    warned(
+        &err,
+        object,
+        "data.config.address-pools[1].bgp-advertisements",
+        "no BGP mode",
+    );
+    warned(
+        &err,
+        object,
+        "data.config.address-pools[0].protocol",
+        "every interface",
+    );
+}
+
+#[test]
+fn cilium_every_field_is_converted_or_named() {
+    let out = vipam(&["import", &format!("{FIXTURES}/cilium/full")], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let docs = documents(&stdout(&out));
+    let pools: Vec<IPPool> = of_kind(&docs, "IPPool");
+    let blue = pool(&pools, "blue");
+    assert_eq!(
+        blocks(blue),
+        [
+            "10.0.10.0/24",
+            "2004::1-2004::ffff:ffff:ffff:fffe",
+            "20.0.20.100-20.0.20.200",
+            "1.2.3.4"
+        ]
+    );
+    assert!(!blue.spec.allow_first_last_ips, "allowFirstLastIPs: No");
+    assert!(!blue.spec.disabled);
+    assert_eq!(
+        json(&blue.spec.service_selector),
+        serde_json::json!({"matchLabels": {"color": "blue", "vipam.io/service-namespace": "team-blue"}})
+    );
+    warned(
+        &err,
+        "CiliumLoadBalancerIPPool blue",
+        "spec.blocks[1]",
+        "2004::1-2004::ffff:ffff:ffff:fffe",
+    );
+    warned(
+        &err,
+        "CiliumLoadBalancerIPPool blue",
+        "spec.serviceSelector",
+        "io.kubernetes.service.namespace",
+    );
+    let retired = pool(&pools, "retired");
+    assert_eq!(
+        blocks(retired),
+        ["10.0.20.0/28"],
+        "the deprecated cidrs field"
+    );
+    assert!(retired.spec.disabled);
+    // Unset allowFirstLastIPs is Yes in Cilium.
+    assert!(retired.spec.allow_first_last_ips);
+    assert!(!pool(&pools, "lan").spec.allow_first_last_ips, "no CIDR");
+
+    let l2s: Vec<L2Announcement> = of_kind(&docs, "L2Announcement");
+    let policy = l2(&l2s, "blue");
+    assert_eq!(policy.spec.interfaces, ["^eth[0-9]+", "^enp.*"]);
+    assert_eq!(
+        json(&policy.spec.service_selector),
+        serde_json::json!({"matchLabels": {"color": "blue"}})
+    );
+    assert_eq!(
+        json(&policy.spec.node_selector),
+        serde_json::json!({"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]})
+    );
+    warned(
+        &err,
+        "CiliumL2AnnouncementPolicy blue",
+        "spec.externalIPs",
+        "not converted",
+    );
+    warned(
+        &err,
+        "CiliumL2AnnouncementPolicy everywhere",
+        "spec.interfaces",
+        "every interface",
+    );
+    warned(
+        &err,
+        "CiliumL2AnnouncementPolicy external-only",
+        "spec.loadBalancerIPs",
+        "no L2Announcement to write",
+    );
+    assert_eq!(l2s.len(), 2);
+    warned(
+        &err,
+        "CiliumBGPClusterConfig cilium-bgp",
+        "spec",
+        "no BGP mode",
+    );
+    warned(&err, "CiliumBGPPeeringPolicy rack0", "spec", "no BGP mode");
+}
+
+#[test]
+fn kube_vip_pools_services_and_control_plane() {
+    let out = vipam(&["import", &format!("{FIXTURES}/kube-vip/full")], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let text = stdout(&out);
+    let docs = documents(&text);
+    let pools: Vec<IPPool> = of_kind(&docs, "IPPool");
+    let global = pool(&pools, "kube-vip-global");
+    assert_eq!(
+        blocks(global),
+        [
+            "192.168.0.228/30",
+            "192.168.0.220-192.168.0.227",
+            "192.168.0.236-192.168.0.239"
+        ]
+    );
+    assert!(global.spec.namespaces.is_empty());
+    assert_eq!(global.spec.priority, 1, "namespace pools are tried first");
+    assert!(
+        !global.spec.allow_first_last_ips,
+        "skip-end-ips-in-cidr: true"
+    );
+    let media = pool(&pools, "kube-vip-media");
+    assert_eq!(blocks(media), ["192.168.0.240/29"]);
+    assert_eq!(media.spec.namespaces, ["media"]);
+    assert_eq!(blocks(pool(&pools, "kube-vip-dev")), ["192.168.0.250/31"]);
+    let object = "ConfigMap kube-system/kubevip";
+    warned(
+        &err,
+        object,
+        "data.cidr-media",
+        "is a range under a cidr- key",
+    );
+    warned(
+        &err,
+        object,
+        "data.range-dev",
+        "is a CIDR under a range- key",
+    );
+    warned(
+        &err,
+        object,
+        "data.allow-share-media",
+        "vipam.io/sharing-key",
+    );
+    warned(&err, object, "data.search-order", "not converted");
+
+    let l2s: Vec<L2Announcement> = of_kind(&docs, "L2Announcement");
+    let services = l2(&l2s, "kube-vip");
+    assert_eq!(
+        services.spec.interfaces,
+        ["^enp1s0$"],
+        "vip_servicesinterface"
+    );
+    assert_eq!(
+        json(&services.spec.node_selector),
+        serde_json::json!({"matchLabels": {"node.kubernetes.io/lan": "true"}})
+    );
+    let env = "DaemonSet kube-system/kube-vip-ds";
+    let at = |name: &str| format!("spec.template.spec.containers[0].env[{name}]");
+    warned(&err, env, &at("prometheus_server"), "not converted");
+    warned(&err, env, &at("svc_election"), "no per-Service election");
+    warned(
+        &err,
+        env,
+        &at("vip_renewdeadline"),
+        "no separate renew deadline",
+    );
+    warned(&err, env, &at("vip_leasename"), "vipam-control-plane");
+
+    // Control-plane mode: exactly what `vipam manifest daemonset` prints for the same settings.
+    let manifest = vipam(
+        &[
+            "manifest",
+            "daemonset",
+            "--vip",
+            "192.168.0.10",
+            "--interface",
+            "eth0",
+            "--port",
+            "6443",
+            "--lease-duration",
+            "5s",
+            "--renew-interval",
+            "1s",
+        ],
+        None,
+    );
+    assert_eq!(manifest.status.code(), Some(0));
+    let expected = documents(&stdout(&manifest));
+    let imported: Vec<Value> = docs
+        .iter()
+        .filter(|d| {
+            d["apiVersion"]
+                .as_str()
+                .is_some_and(|v| !v.starts_with("vipam.io"))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(imported, expected);
+}
+
+#[test]
+fn kube_vip_static_pod_becomes_the_manifest_static_pod() {
+    let out = vipam(
+        &["import", &format!("{FIXTURES}/kube-vip/static-pod")],
+        None,
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    warned(
+        &err,
+        "Pod kube-system/kube-vip",
+        "spec.containers[0].env[vip_renewdeadline]",
+        "renew deadline",
+    );
+    let manifest = vipam(
+        &[
+            "manifest",
+            "static-pod",
+            "--vip",
+            "10.0.0.100",
+            "--interface",
+            "bond0",
+            "--port",
+            "8443",
+            "--lease-duration",
+            "4s",
+            "--renew-interval",
+            "2s",
+            "--kubeconfig",
+            "/etc/kubernetes/super-admin.conf",
+        ],
+        None,
+    );
+    assert_eq!(documents(&stdout(&out)), documents(&stdout(&manifest)));
+}
+
+#[test]
+fn kube_vip_bgp_is_named_setting_by_setting() {
+    let out = vipam(&["import", &format!("{FIXTURES}/kube-vip/bgp")], None);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(documents(&stdout(&out)).is_empty(), "no L2 mode invented");
+    for name in [
+        "bgp_enable",
+        "bgp_routerid",
+        "bgp_as",
+        "bgp_peeraddress",
+        "bgp_peeras",
+        "bgp_peerpass",
+    ] {
+        warned(
+            &err,
+            "DaemonSet kube-system/kube-vip-ds",
+            &format!("spec.template.spec.containers[0].env[{name}]"),
+            "vipam has no BGP mode yet",
+        );
+    }
+}
+
+/// The pinned addresses of a Services file, read here from the annotations directly.
+fn pins(services: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(services).unwrap();
+    let mut found = BTreeSet::new();
+    for doc in documents(&text) {
+        for key in vipam::core::request::PIN_SOURCES {
+            if let Some(ips) = doc["metadata"]["annotations"][*key].as_str() {
+                found.extend(ips.split(',').map(|s| s.trim().to_string()));
+            }
+        }
+        if let Some(ip) = doc["spec"]["loadBalancerIP"].as_str() {
+            found.insert(ip.to_string());
+        }
+    }
+    found
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vipam-import-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn the_output_passes_check_and_keeps_every_pinned_address() {
+    for tool in ["metallb", "cilium", "kube-vip"] {
+        let dir = out_dir(tool);
+        let out = vipam(
+            &[
+                "import",
+                &format!("{FIXTURES}/{tool}/full"),
+                "--out-dir",
+                dir.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(stdout(&out).is_empty(), "--out-dir prints nothing");
+        assert!(
+            dir.join(if tool == "kube-vip" {
+                "ippool-kube-vip-global.yaml"
+            } else {
+                "ippool-lan.yaml"
+            })
+            .is_file()
+        );
+        let services = root().join(format!("{FIXTURES}/{tool}/full/services.yaml"));
+        let check = vipam(
+            &[
+                "check",
+                dir.to_str().unwrap(),
+                services.to_str().unwrap(),
+                "--format",
+                "json",
+            ],
+            None,
+        );
+        let report: Value = serde_json::from_str(&stdout(&check)).unwrap();
+        assert_eq!(check.status.code(), Some(0), "{tool}: {report:#}");
+        assert_eq!(report["ok"], true);
+        let expected = pins(&services);
+        assert!(expected.len() >= 3, "{tool}: the fixture pins addresses");
+        let pinned: BTreeSet<String> = report["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["how"] == "pinned")
+            .map(|a| a["ip"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(pinned, expected, "{tool}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+fn example_pool() -> IPPool {
+    let text =
+        std::fs::read_to_string(root().join("examples/gitops/infrastructure/vipam/ippool.yaml"))
+            .unwrap();
+    of_kind::<IPPool>(&documents(&text), "IPPool").remove(0)
+}
+
+fn example_l2() -> L2Announcement {
+    let text = std::fs::read_to_string(
+        root().join("examples/gitops/infrastructure/vipam/l2announcement.yaml"),
+    )
+    .unwrap();
+    of_kind::<L2Announcement>(&documents(&text), "L2Announcement").remove(0)
+}
+
+#[test]
+fn the_example_tree_survives_a_round_trip_through_each_tool() {
+    let expected = example_pool();
+    let expected_l2 = example_l2();
+    for (tool, name) in [
+        ("metallb", "lan"),
+        ("cilium", "lan"),
+        ("kube-vip", "kube-vip-global"),
+    ] {
+        let out = vipam(&["import", &format!("{FIXTURES}/{tool}/roundtrip")], None);
+        assert_eq!(out.status.code(), Some(0), "{tool}: {}", stderr(&out));
+        assert!(
+            stderr(&out).lines().all(|l| !l.starts_with("warning")),
+            "{tool}: {}",
+            stderr(&out)
+        );
+        let docs = documents(&stdout(&out));
+        let pools: Vec<IPPool> = of_kind(&docs, "IPPool");
+        assert_eq!(pools.len(), 1, "{tool}");
+        assert_eq!(pools[0].metadata.name.as_deref(), Some(name), "{tool}");
+        assert_eq!(pools[0].spec, expected.spec, "{tool}");
+        let l2s: Vec<L2Announcement> = of_kind(&docs, "L2Announcement");
+        assert_eq!(l2s.len(), 1, "{tool}");
+        let l2 = &l2s[0].spec;
+        // What each format can say of the example's announcement.
+        match tool {
+            "cilium" => {
+                assert_eq!(l2.interfaces, expected_l2.spec.interfaces);
+                assert_eq!(l2.node_selector, expected_l2.spec.node_selector);
+            }
+            "metallb" => {
+                assert_eq!(l2.ip_pools, expected_l2.spec.ip_pools);
+                assert_eq!(l2.interfaces, ["^eth0$"]);
+            }
+            _ => assert_eq!(l2.interfaces, ["^eth0$"]),
+        }
+        assert_eq!(l2.mode, expected_l2.spec.mode);
+    }
+}
+
+#[test]
+fn a_kubectl_list_on_stdin_gives_what_the_files_give() {
+    let dir = root().join(format!("{FIXTURES}/metallb/full"));
+    let mut items = Vec::new();
+    for file in ["pools.yaml", "l2.yaml"] {
+        items.extend(documents(&std::fs::read_to_string(dir.join(file)).unwrap()));
+    }
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let stream = serde_saphyr::to_string(&list).unwrap();
+    let from_stdin = vipam(&["import", "-"], Some(&stream));
+    let from_files = vipam(
+        &[
+            "import",
+            &format!("{FIXTURES}/metallb/full/pools.yaml"),
+            &format!("{FIXTURES}/metallb/full/l2.yaml"),
+        ],
+        None,
+    );
+    assert_eq!(from_stdin.status.code(), Some(1), "{}", stderr(&from_stdin));
+    assert_eq!(
+        documents(&stdout(&from_stdin)),
+        documents(&stdout(&from_files))
+    );
+    assert!(stdout(&from_stdin).contains("at <stdin>:"));
+}
+
+#[test]
+fn bad_input_is_named_and_usage_errors_exit_2() {
+    let stream = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: ok, namespace: metallb-system}\nspec:\n  addresses: [192.0.2.0/28]\n---\nkind: [unclosed\n";
+    let out = vipam(&["import", "-"], Some(stream));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("<stdin>:7"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("malformed YAML"), "{}", stderr(&out));
+    assert_eq!(
+        of_kind::<IPPool>(&documents(&stdout(&out)), "IPPool").len(),
+        1,
+        "the good document still converts"
+    );
+
+    let out = vipam(
+        &["import", "-"],
+        Some("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no kube-vip, Cilium or MetalLB configuration found"));
+
+    assert_eq!(vipam(&["import"], None).status.code(), Some(2));
+    let out = vipam(&["import", "no/such/dir"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no/such/dir: no such file or directory"));
+}
+
+fn clusters(args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["check", "--clusters"];
+    all.extend_from_slice(args);
+    let out = vipam(&all, None);
+    (out.status.code(), stdout(&out) + &stderr(&out))
+}
+
+#[test]
+fn clusters_sharing_addresses_fail_naming_both() {
+    let home = format!("home={FIXTURES}/clusters/home");
+    let (code, text) = clusters(&[&home, &format!("lab={FIXTURES}/clusters/lab-overlap")]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(
+        "cluster home IPPool lan (tests/data/import/clusters/home/vipam.yaml:1 (document 1)) and \
+         cluster lab IPPool lab (tests/data/import/clusters/lab-overlap/vipam.yaml:2 (document 1)) \
+         could both hand out and announce 192.168.0.235-192.168.0.239"
+    ), "{text}");
+    assert!(
+        text.contains(
+            "192.168.0.236 is pinned in cluster home by Service media/jellyfin \
+         (tests/data/import/clusters/home/vipam.yaml:27 (document 4)) and in cluster lab by \
+         Service git/gitea (tests/data/import/clusters/lab-overlap/vipam.yaml:17 (document 3))"
+        ),
+        "{text}"
+    );
+    // Each tree is still checked on its own.
+    assert!(text.contains("=== CLUSTER home") && text.contains("=== CLUSTER lab"));
+
+    let out = vipam(
+        &[
+            "check",
+            "--format",
+            "json",
+            "--clusters",
+            &home,
+            &format!("lab={FIXTURES}/clusters/lab-overlap"),
+        ],
+        None,
+    );
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["ok"], false);
+    let kinds: Vec<&str> = doc["across"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["cluster_overlap", "cluster_pinned_twice"]);
+    assert_eq!(
+        doc["clusters"][1]["report"]["ok"], true,
+        "each tree alone is fine"
+    );
+}
+
+#[test]
+fn clusters_with_their_own_ranges_pass() {
+    let (code, text) = clusters(&[
+        &format!("home={FIXTURES}/clusters/home"),
+        &format!("lab={FIXTURES}/clusters/lab"),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("No address could be handed out or announced by two clusters."));
+    assert!(text.contains("OK: 2 clusters, 0 shared address problem(s)"));
+}
+
+#[test]
+fn clusters_usage_errors_exit_2() {
+    let home = format!("home={FIXTURES}/clusters/home");
+    assert_eq!(clusters(&[&home, "lab"]).0, Some(2));
+    assert_eq!(clusters(&[&home]).0, Some(2), "two clusters at least");
+    let (code, text) = clusters(&[&home, &home]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("cluster home is named twice"), "{text}");
+    assert_eq!(clusters(&[&home, "lab=no/such/dir"]).0, Some(2));
+}
