@@ -8,6 +8,9 @@ mod kube_vip;
 mod metallb;
 mod selectors;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Read;

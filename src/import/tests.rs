@@ -1,0 +1,268 @@
+use super::*;
+
+fn run(stream: &str) -> Imported {
+    import_inputs(&["-".to_string()], &mut stream.as_bytes()).unwrap()
+}
+
+fn pools(imported: &Imported) -> Vec<&IPPool> {
+    imported
+        .objects
+        .iter()
+        .filter_map(|c| match &c.object {
+            Object::Pool(p) => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn block_texts(pool: &IPPool) -> Vec<String> {
+    pool.spec
+        .blocks
+        .iter()
+        .map(|b| match (&b.cidr, &b.start, &b.stop) {
+            (Some(c), _, _) => c.clone(),
+            (None, Some(s), Some(e)) => format!("{s}-{e}"),
+            (None, Some(s), None) => s.clone(),
+            _ => String::new(),
+        })
+        .collect()
+}
+
+fn fields(imported: &Imported, outcome: Outcome) -> Vec<String> {
+    imported
+        .warnings
+        .iter()
+        .filter(|w| w.outcome == outcome)
+        .map(|w| w.field.clone())
+        .collect()
+}
+
+fn metallb_pool(name: &str, addresses: &str) -> String {
+    format!(
+        "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec:\n  addresses: [{addresses}]\n"
+    )
+}
+
+#[test]
+fn host_bits_are_cleared_and_overlapping_entries_merged() {
+    let imported = run(&metallb_pool(
+        "lan",
+        "192.0.2.5/29, 192.0.2.6-192.0.2.12, 192.0.2.2-192.0.2.3",
+    ));
+    let pools = pools(&imported);
+    assert_eq!(
+        block_texts(pools[0]),
+        ["192.0.2.0/29", "192.0.2.8-192.0.2.12"],
+        "the union, nothing twice"
+    );
+    assert_eq!(
+        fields(&imported, Outcome::Changed),
+        [
+            "spec.addresses[0]",
+            "spec.addresses[1]",
+            "spec.addresses[2]"
+        ]
+    );
+    assert!(!imported.lost_anything());
+    assert!(
+        imported.warnings[0]
+            .message
+            .contains("reads it as 192.0.2.0/29")
+    );
+    assert!(
+        imported.warnings[2]
+            .message
+            .contains("nothing new in this entry")
+    );
+}
+
+#[test]
+fn a_pool_vipam_would_refuse_is_reported_and_not_written() {
+    let imported = run(&metallb_pool("loop", "127.0.0.1-127.0.0.5"));
+    assert!(pools(&imported).is_empty());
+    let lost = &imported.warnings[0];
+    assert_eq!(lost.outcome, Outcome::Lost);
+    assert!(lost.message.contains("a loopback address"), "{lost}");
+    let imported = run(&metallb_pool("junk", "not-an-address"));
+    assert_eq!(
+        fields(&imported, Outcome::Lost),
+        ["spec.addresses[0]", "spec"]
+    );
+}
+
+#[test]
+fn pools_that_overlap_each_other_are_reported_naming_both() {
+    let imported = run(&format!(
+        "{}{}",
+        metallb_pool("a", "192.0.2.0/28"),
+        metallb_pool("b", "192.0.2.8-192.0.2.20")
+    ));
+    assert_eq!(pools(&imported).len(), 2);
+    let lost: Vec<&Warning> = imported
+        .warnings
+        .iter()
+        .filter(|w| w.outcome == Outcome::Lost)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].object, "IPPool b");
+    assert!(
+        lost[0].message.contains("overlaps IPPool a")
+            && lost[0].message.contains("192.0.2.8-192.0.2.15"),
+        "{}",
+        lost[0]
+    );
+}
+
+#[test]
+fn two_sources_of_one_name_keep_the_first() {
+    let cilium = "---\napiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\nmetadata: {name: lan}\nspec:\n  blocks: [{cidr: 198.51.100.0/28}]\n";
+    let imported = run(&format!("{cilium}{}", metallb_pool("lan", "192.0.2.0/28")));
+    let pools = pools(&imported);
+    assert_eq!(pools.len(), 1);
+    assert_eq!(block_texts(pools[0]), ["198.51.100.0/28"]);
+    assert_eq!(fields(&imported, Outcome::Lost), ["metadata.name"]);
+}
+
+#[test]
+fn unknown_fields_are_named_never_dropped_silently() {
+    let imported = run(
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [192.0.2.0/28]\n  autoassign: false\n  serviceAllocation: {priorty: 3}\n",
+    );
+    assert_eq!(
+        fields(&imported, Outcome::Lost),
+        ["spec.autoassign", "spec.serviceAllocation.priorty"]
+    );
+    let imported =
+        run("apiVersion: metallb.io/v1beta1\nkind: IPAddressPoolz\nmetadata: {name: lan}\n");
+    assert_eq!(fields(&imported, Outcome::Lost), ["kind"]);
+}
+
+#[test]
+fn metallb_priorities_keep_metallbs_order() {
+    let with = |name: &str, allocation: &str| {
+        format!(
+            "{}\n  serviceAllocation: {allocation}\n",
+            metallb_pool(name, "192.0.2.0/28").trim_end()
+        )
+        .replace("192.0.2.0/28", &format!("192.0.2.{}/32", name.len()))
+    };
+    let imported = run(&format!(
+        "{}{}{}",
+        with("aa", "{priority: 5}"),
+        with("bbbb", "{namespaces: [x]}"),
+        metallb_pool("c", "198.51.100.0/28"),
+    ));
+    let priorities: Vec<(String, i32)> = pools(&imported)
+        .iter()
+        .map(|p| (p.metadata.name.clone().unwrap(), p.spec.priority))
+        .collect();
+    assert_eq!(
+        priorities,
+        [("aa".into(), 5), ("bbbb".into(), 6), ("c".into(), 7)]
+    );
+    // Without any serviceAllocation, every pool keeps the default.
+    let imported = run(&metallb_pool("c", "198.51.100.0/28"));
+    assert_eq!(pools(&imported)[0].spec.priority, 0);
+    assert!(imported.warnings.is_empty());
+}
+
+#[test]
+fn cilium_first_and_last_addresses() {
+    let pool = |allow: &str, cidrs: &str| {
+        run(&format!(
+            "apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\nmetadata: {{name: p}}\nspec:\n  {allow}\n  blocks: [{cidrs}]\n"
+        ))
+    };
+    let yes = pool("allowFirstLastIPs: \"Yes\"", "{cidr: 192.0.2.0/24}");
+    assert!(pools(&yes)[0].spec.allow_first_last_ips);
+    let no = pool(
+        "allowFirstLastIPs: \"No\"",
+        "{cidr: 192.0.2.0/24}, {cidr: '2001:db8::/126'}, {cidr: '2001:db8:1::/127'}",
+    );
+    let p = pools(&no)[0];
+    assert!(!p.spec.allow_first_last_ips);
+    assert_eq!(
+        block_texts(p),
+        [
+            "192.0.2.0/24",
+            "2001:db8::1-2001:db8::2",
+            "2001:db8:1::/127"
+        ],
+        "IPv6 /126 loses its ends, /127 keeps them (as in Cilium)"
+    );
+    let odd = pool("allowFirstLastIPs: maybe", "{cidr: 192.0.2.0/24}");
+    assert_eq!(fields(&odd, Outcome::Lost), ["spec.allowFirstLastIPs"]);
+}
+
+#[test]
+fn kube_vip_config_map_keys() {
+    let imported = run(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kubevip, namespace: kube-system}\ndata:\n  cidr-global: 192.0.2.0/29\n  range-web: 192.0.2.16-192.0.2.20,192.0.2.30\n  interface-web: eth1\n  lb-mystery: x\n",
+    );
+    let pools = pools(&imported);
+    let global = pools
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("kube-vip-global"))
+        .unwrap();
+    assert!(
+        global.spec.allow_first_last_ips,
+        "the cloud provider hands out the ends unless skip-end-ips-in-cidr"
+    );
+    assert_eq!(global.spec.priority, 1);
+    let web = pools
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("kube-vip-web"))
+        .unwrap();
+    assert_eq!(block_texts(web), ["192.0.2.16-192.0.2.20", "192.0.2.30"]);
+    assert_eq!(web.spec.namespaces, ["web"]);
+    assert_eq!(
+        fields(&imported, Outcome::Lost),
+        ["data.interface-web", "data.lb-mystery"]
+    );
+}
+
+#[test]
+fn kube_vip_without_a_mode_converts_nothing_and_says_so() {
+    let imported = run(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: kube-vip, namespace: kube-system}\nspec:\n  containers:\n    - name: kube-vip\n      image: ghcr.io/kube-vip/kube-vip:v0.8.9\n      env:\n        - {name: vip_interface, value: eth0}\n        - {name: cp_enable, value: \"true\"}\n        - {name: address, value: vip.example.com}\n        - {name: vip_arp, value: \"true\"}\n",
+    );
+    assert!(imported.objects.is_empty());
+    let lost = fields(&imported, Outcome::Lost);
+    assert_eq!(lost, ["spec.containers[0].env[address]"]);
+    assert!(imported.warnings[0].message.contains("not an IP address"));
+    // The cloud provider's own Deployment is not kube-vip.
+    let imported = run(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: ccm}\nspec:\n  containers:\n    - name: ccm\n      image: ghcr.io/kube-vip/kube-vip-cloud-provider:v0.0.12\n",
+    );
+    assert_eq!(imported.recognised, 0);
+}
+
+#[test]
+fn warnings_print_file_object_field_and_message() {
+    let w = Warning {
+        outcome: Outcome::Lost,
+        file: "pools.yaml:3 (document 1)".into(),
+        object: "IPAddressPool metallb-system/lan".into(),
+        field: "spec.serviceAllocation.namespaceSelectors".into(),
+        message: "not converted".into(),
+    };
+    assert_eq!(
+        w.to_string(),
+        "warning[not converted]: pools.yaml:3 (document 1): IPAddressPool metallb-system/lan: \
+         spec.serviceAllocation.namespaceSelectors: not converted"
+    );
+}
+
+#[test]
+fn booleans_in_strings() {
+    for (text, expected) in [
+        ("true", Some(true)),
+        ("True", Some(true)),
+        ("1", Some(true)),
+        ("false", Some(false)),
+        ("", Some(false)),
+        ("maybe", None),
+    ] {
+        assert_eq!(truthy(text), expected, "{text:?}");
+    }
+}
