@@ -3,43 +3,15 @@
 //! accepted by `vipam check` with every pinned address kept, the example tree's pools surviving a
 //! round trip through each tool's format, and overlaps across clusters found.
 
-use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod cli;
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use cli::{root, stderr, stdout, vipam};
 use serde::Deserialize;
 use serde_json::Value;
 use vipam::api::{IPPool, L2Announcement};
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn vipam(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vipam"))
-        .args(args)
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("vipam runs");
-    let input = stdin.unwrap_or("").to_string();
-    let mut pipe = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
 
 const FIXTURES: &str = "tests/data/import";
 
@@ -75,16 +47,13 @@ fn l2<'a>(l2s: &'a [L2Announcement], name: &str) -> &'a L2Announcement {
         .unwrap_or_else(|| panic!("no L2Announcement {name}"))
 }
 
+/// The blocks as vipam's messages write them (`cidr 10.0.0.0/24`, `a-b`, `start a`).
 fn blocks(pool: &IPPool) -> Vec<String> {
-    pool.spec
+    vipam::api::pool_spec(pool)
+        .unwrap()
         .blocks
         .iter()
-        .map(|b| match (&b.cidr, &b.start, &b.stop) {
-            (Some(c), _, _) => c.clone(),
-            (None, Some(s), Some(e)) => format!("{s}-{e}"),
-            (None, Some(s), None) => s.clone(),
-            _ => panic!("empty block"),
-        })
+        .map(ToString::to_string)
         .collect()
 }
 
@@ -127,7 +96,11 @@ fn metallb_every_field_is_converted_or_named() {
     let servers = pool(&pools, "servers");
     assert_eq!(
         blocks(servers),
-        ["10.20.0.0/28", "10.20.0.32-10.20.0.40", "fd00:20::/124"]
+        [
+            "cidr 10.20.0.0/28",
+            "10.20.0.32-10.20.0.40",
+            "cidr fd00:20::/124"
+        ]
     );
     assert!(!servers.spec.auto_assign);
     assert!(servers.spec.avoid_buggy_ips);
@@ -229,7 +202,7 @@ fn metallb_legacy_config_map() {
     assert_eq!(blocks(default), ["192.168.1.240-192.168.1.250"]);
     assert!(default.spec.avoid_buggy_ips);
     let bgp = pool(&pools, "bgp-pool");
-    assert_eq!(blocks(bgp), ["198.51.100.0/28"]);
+    assert_eq!(blocks(bgp), ["cidr 198.51.100.0/28"]);
     assert!(!bgp.spec.auto_assign);
     assert!(bgp.spec.allow_first_last_ips);
     let l2s: Vec<L2Announcement> = of_kind(&docs, "L2Announcement");
@@ -268,10 +241,10 @@ fn cilium_every_field_is_converted_or_named() {
     assert_eq!(
         blocks(blue),
         [
-            "10.0.10.0/24",
+            "cidr 10.0.10.0/24",
             "2004::1-2004::ffff:ffff:ffff:fffe",
             "20.0.20.100-20.0.20.200",
-            "1.2.3.4"
+            "start 1.2.3.4"
         ]
     );
     assert!(!blue.spec.allow_first_last_ips, "allowFirstLastIPs: No");
@@ -295,7 +268,7 @@ fn cilium_every_field_is_converted_or_named() {
     let retired = pool(&pools, "retired");
     assert_eq!(
         blocks(retired),
-        ["10.0.20.0/28"],
+        ["cidr 10.0.20.0/28"],
         "the deprecated cidrs field"
     );
     assert!(retired.spec.disabled);
@@ -354,7 +327,7 @@ fn kube_vip_pools_services_and_control_plane() {
     assert_eq!(
         blocks(global),
         [
-            "192.168.0.228/30",
+            "cidr 192.168.0.228/30",
             "192.168.0.220-192.168.0.227",
             "192.168.0.236-192.168.0.239"
         ]
@@ -366,9 +339,12 @@ fn kube_vip_pools_services_and_control_plane() {
         "skip-end-ips-in-cidr: true"
     );
     let media = pool(&pools, "kube-vip-media");
-    assert_eq!(blocks(media), ["192.168.0.240/29"]);
+    assert_eq!(blocks(media), ["cidr 192.168.0.240/29"]);
     assert_eq!(media.spec.namespaces, ["media"]);
-    assert_eq!(blocks(pool(&pools, "kube-vip-dev")), ["192.168.0.250/31"]);
+    assert_eq!(
+        blocks(pool(&pools, "kube-vip-dev")),
+        ["cidr 192.168.0.250/31"]
+    );
     let object = "ConfigMap kube-system/kubevip";
     warned(
         &err,

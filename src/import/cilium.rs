@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::{ALL_INTERFACES, Blocks, Ctx, Imported, Object, new_pool, selectors};
+use super::{ALL_INTERFACES, Blocks, Ctx, Imported, Object, name_of, new_pool, selectors};
 use crate::api::{AnnouncementMode, L2Announcement, L2AnnouncementSpec};
 use crate::check::Document;
 use crate::core::range::{Family, ip_value};
@@ -38,14 +38,6 @@ pub(super) fn import(documents: &[Document], out: &mut Imported) {
             _ => {}
         }
     }
-}
-
-fn name_of(value: &Value) -> String {
-    value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string()
 }
 
 fn pool(ctx: &mut Ctx<'_>, value: &Value) {

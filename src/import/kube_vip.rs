@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Blocks, Ctx, Imported, Object, interface_pattern, new_pool, selectors, truthy};
+use super::{
+    Blocks, Ctx, Imported, Object, interface_pattern, new_pool, selectors, string_map, truthy,
+};
 use crate::api::{AnnouncementMode, L2Announcement, L2AnnouncementSpec};
 use crate::check::Document;
 use crate::manifest::{self, ManifestOptions};
@@ -56,13 +58,7 @@ fn pool_key(key: &str) -> Option<(&str, bool)> {
 }
 
 fn config_map(ctx: &mut Ctx<'_>, value: &Value) {
-    let data: BTreeMap<String, String> = value
-        .get("data")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-        .collect();
+    let data = string_map(value.get("data"));
     let skip_ends = data
         .get("skip-end-ips-in-cidr")
         .is_some_and(|v| truthy(v) == Some(true));
@@ -338,13 +334,7 @@ fn services_mode(ctx: &mut Ctx<'_>, env: &Env, pod_spec: &Value, pod_path: &str,
         .get("vip_servicesinterface")
         .or(env.get("vip_interface"))
         .filter(|i| !i.trim().is_empty());
-    let node_labels: BTreeMap<String, String> = pod_spec
-        .get("nodeSelector")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-        .collect();
+    let node_labels = string_map(pod_spec.get("nodeSelector"));
     if pod_spec.get("affinity").is_some() {
         ctx.lost(
             &format!("{pod_path}.affinity"),

@@ -1,13 +1,12 @@
 //! MetalLB: `IPAddressPool`, `L2Advertisement`, the BGP objects (reported: vipam has no BGP mode
 //! yet), the `AddressPool` CRD of 0.12/0.13 and the `config` ConfigMap of MetalLB before 0.13.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
 use super::{
-    ALL_INTERFACES, Blocks, Ctx, Imported, Object, interface_pattern, new_pool, selectors,
+    ALL_INTERFACES, Blocks, Ctx, Imported, Object, interface_pattern, name_of, new_pool, selectors,
+    string_map,
 };
 use crate::api::{AnnouncementMode, IPPool, L2Announcement, L2AnnouncementSpec, LabelSelectorExt};
 use crate::check::Document;
@@ -32,14 +31,6 @@ fn group_of(doc: &Document) -> &str {
 
 fn kind_of(doc: &Document) -> &str {
     doc.value["kind"].as_str().unwrap_or("")
-}
-
-fn name_of(value: &Value) -> String {
-    value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string()
 }
 
 /// The `config` ConfigMap of MetalLB before 0.13 (`data.config` holds the YAML).
@@ -136,14 +127,45 @@ fn read_addresses(ctx: &mut Ctx<'_>, field: &str, addresses: Option<&Value>) -> 
     blocks
 }
 
-/// The pool with the settings every MetalLB pool shape shares. MetalLB hands out the network
-/// and broadcast addresses of a CIDR (avoidBuggyIPs is how to skip them), so vipam must too.
-fn pool_from(name: &str, blocks: &Blocks, avoid_buggy: bool, auto_assign: bool) -> IPPool {
-    let mut pool = new_pool(name, blocks.blocks.clone());
-    pool.spec.allow_first_last_ips = blocks.has_v4_cidr_with_ends;
-    pool.spec.avoid_buggy_ips = avoid_buggy;
-    pool.spec.auto_assign = auto_assign;
-    pool
+/// How a pool's fields are spelled: in the CRDs, and in the ConfigMap before 0.13.
+struct Keys {
+    addresses: &'static str,
+    avoid_buggy: &'static str,
+    auto_assign: &'static str,
+}
+
+const CRD_KEYS: Keys = Keys {
+    addresses: "addresses",
+    avoid_buggy: "avoidBuggyIPs",
+    auto_assign: "autoAssign",
+};
+
+const CONFIG_KEYS: Keys = Keys {
+    addresses: "addresses",
+    avoid_buggy: "avoid-buggy-ips",
+    auto_assign: "auto-assign",
+};
+
+/// The pool with the settings every MetalLB pool shape shares (`pool` at `field`). MetalLB
+/// hands out the network and broadcast addresses of a CIDR (avoidBuggyIPs is how to skip them),
+/// so vipam must too.
+fn pool_from(ctx: &mut Ctx<'_>, field: &str, name: &str, pool: &Value, keys: &Keys) -> IPPool {
+    let blocks = read_addresses(
+        ctx,
+        &format!("{field}.{}", keys.addresses),
+        pool.get(keys.addresses),
+    );
+    let mut out = new_pool(name, blocks.blocks.clone());
+    out.spec.allow_first_last_ips = blocks.has_v4_cidr_with_ends;
+    out.spec.avoid_buggy_ips = pool
+        .get(keys.avoid_buggy)
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    out.spec.auto_assign = pool
+        .get(keys.auto_assign)
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    out
 }
 
 fn address_pool(ctx: &mut Ctx<'_>, value: &Value, order: &PoolOrder) {
@@ -158,17 +180,7 @@ fn address_pool(ctx: &mut Ctx<'_>, value: &Value, order: &PoolOrder) {
             "serviceAllocation",
         ],
     );
-    let blocks = read_addresses(ctx, "spec.addresses", spec.get("addresses"));
-    let mut pool = pool_from(
-        &name_of(value),
-        &blocks,
-        spec.get("avoidBuggyIPs")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        spec.get("autoAssign")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
-    );
+    let mut pool = pool_from(ctx, "spec", &name_of(value), spec, &CRD_KEYS);
     let allocation = spec.get("serviceAllocation");
     pool.spec.priority = order.priority(allocation);
     let written = allocation
@@ -234,42 +246,12 @@ fn service_allocation(ctx: &mut Ctx<'_>, allocation: &Value, pool: &mut IPPool) 
             ),
         );
     }
-    let mut read = Vec::new();
-    for (index, raw) in allocation
-        .get("serviceSelectors")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        if let Some(s) = selectors::read(ctx, &format!("{FIELD}.serviceSelectors[{index}]"), raw) {
-            read.push(s);
-        }
-    }
-    match selectors::any_of(&read) {
-        Some(selector) => {
-            if read.len() > 1 && selector.is_some() {
-                ctx.changed(
-                    &format!("{FIELD}.serviceSelectors"),
-                    "the selectors (any of them matches) are written as one selector with an In \
-                     requirement (same meaning)",
-                );
-            }
-            pool.spec.service_selector = selector;
-        }
-        None => {
-            pool.spec.service_selector = read.first().cloned();
-            ctx.lost(
-                &format!("{FIELD}.serviceSelectors"),
-                format!(
-                    "{} selectors, any of which matches, have no single-selector form: only the \
-                     first was carried over, so Services matching only the others no longer \
-                     draw from this pool",
-                    read.len()
-                ),
-            );
-        }
-    }
+    pool.spec.service_selector = selectors::read_any_of(
+        ctx,
+        &format!("{FIELD}.serviceSelectors"),
+        allocation.get("serviceSelectors"),
+        "Services matching only the others no longer draw from this pool",
+    );
 }
 
 fn l2_advertisement(ctx: &mut Ctx<'_>, value: &Value, pools: &[&Document]) {
@@ -338,42 +320,13 @@ fn l2_advertisement(ctx: &mut Ctx<'_>, value: &Value, pools: &[&Document]) {
         );
     }
     // No pools named or selected: every pool, in MetalLB and in vipam (empty ipPools).
-    let mut node_selectors = Vec::new();
-    for (index, raw) in spec
-        .get("nodeSelectors")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        if let Some(s) = selectors::read(ctx, &format!("spec.nodeSelectors[{index}]"), raw) {
-            node_selectors.push(s);
-        }
-    }
-    match selectors::any_of(&node_selectors) {
-        Some(selector) => {
-            if node_selectors.len() > 1 && selector.is_some() {
-                ctx.changed(
-                    "spec.nodeSelectors",
-                    "the selectors (any of them matches) are written as one selector with an In \
-                     requirement (same meaning)",
-                );
-            }
-            l2.node_selector = selector;
-        }
-        None => {
-            l2.node_selector = node_selectors.first().cloned();
-            ctx.lost(
-                "spec.nodeSelectors",
-                format!(
-                    "{} selectors, any of which matches, have no single-selector form: only the \
-                     first was carried over, so nodes matching only the others no longer announce \
-                     (or write one L2Announcement per selector by hand)",
-                    node_selectors.len()
-                ),
-            );
-        }
-    }
+    l2.node_selector = selectors::read_any_of(
+        ctx,
+        "spec.nodeSelectors",
+        spec.get("nodeSelectors"),
+        "nodes matching only the others no longer announce (or write one L2Announcement per \
+         selector by hand)",
+    );
     l2.interfaces = strings(spec.get("interfaces"))
         .iter()
         .map(|name| interface_pattern(name))
@@ -388,13 +341,7 @@ fn l2_advertisement(ctx: &mut Ctx<'_>, value: &Value, pools: &[&Document]) {
 }
 
 fn matches_labels(selector: &LabelSelector, object: &Value) -> bool {
-    let labels: BTreeMap<String, String> = object
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-        .collect();
+    let labels = string_map(object.pointer("/metadata/labels"));
     selector.to_core().is_ok_and(|s| s.matches(&labels))
 }
 
@@ -445,17 +392,8 @@ fn legacy_address_pool(ctx: &mut Ctx<'_>, value: &Value) {
         ],
     );
     let name = name_of(value);
-    let blocks = read_addresses(ctx, "spec.addresses", spec.get("addresses"));
-    ctx.emit_pool(pool_from(
-        &name,
-        &blocks,
-        spec.get("avoidBuggyIPs")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        spec.get("autoAssign")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
-    ));
+    let pool = pool_from(ctx, "spec", &name, spec, &CRD_KEYS);
+    ctx.emit_pool(pool);
     protocol(ctx, "spec", spec, &name, "bgpAdvertisements");
 }
 
@@ -523,17 +461,8 @@ fn legacy_config(ctx: &mut Ctx<'_>, value: &Value) {
             ctx.lost(&field, "a pool without a name: not converted");
             continue;
         };
-        let blocks = read_addresses(ctx, &format!("{field}.addresses"), pool.get("addresses"));
-        ctx.emit_pool(pool_from(
-            name,
-            &blocks,
-            pool.get("avoid-buggy-ips")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            pool.get("auto-assign")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-        ));
+        let converted = pool_from(ctx, &field, name, pool, &CONFIG_KEYS);
+        ctx.emit_pool(converted);
         protocol(ctx, &field, pool, name, "bgp-advertisements");
     }
 }

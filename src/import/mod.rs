@@ -11,7 +11,7 @@ mod selectors;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Read;
 
@@ -260,7 +260,7 @@ fn dedupe(imported: &mut Imported) {
 /// Overlapping pools would fail `vipam check`: say so here, naming both.
 fn report_pool_overlaps(imported: &mut Imported) {
     let mut parsed = Vec::new();
-    let mut origin = std::collections::BTreeMap::new();
+    let mut origin = BTreeMap::new();
     for converted in &imported.objects {
         if let Object::Pool(pool) = &converted.object
             && let Ok(pool) = api::pool_spec(pool)
@@ -512,6 +512,26 @@ impl Blocks {
 /// Quotes an interface name as an anchored regular expression (`eth0` -> `^eth0$`).
 fn interface_pattern(name: &str) -> String {
     format!("^{}$", regex::escape(name))
+}
+
+/// `metadata.name` of a source object ("" when missing).
+fn name_of(value: &Value) -> String {
+    value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The string values of a map (labels, ConfigMap data, a Pod's nodeSelector); Kubernetes
+/// allows no other values there.
+fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    value
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+        .collect()
 }
 
 /// An empty IPPool with this name.

@@ -138,6 +138,51 @@ pub(super) fn rewrite_cilium_pseudo_labels(
     }
 }
 
+/// A list of selectors the tool ORs (`list` at `field`), as one selector: exact where
+/// [`any_of`] finds a form (a rewrite is reported as changed), else the first one, reported as
+/// not converted with `lost_effect` saying what is lost.
+pub(super) fn read_any_of(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    list: Option<&Value>,
+    lost_effect: &str,
+) -> Option<LabelSelector> {
+    let mut read = Vec::new();
+    for (index, raw) in list
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(s) = self::read(ctx, &format!("{field}[{index}]"), raw) {
+            read.push(s);
+        }
+    }
+    match any_of(&read) {
+        Some(selector) => {
+            if read.len() > 1 && selector.is_some() {
+                ctx.changed(
+                    field,
+                    "the selectors (any of them matches) are written as one selector with an In \
+                     requirement (same meaning)",
+                );
+            }
+            selector
+        }
+        None => {
+            ctx.lost(
+                field,
+                format!(
+                    "{} selectors, any of which matches, have no single-selector form: only the \
+                     first was carried over, so {lost_effect}",
+                    read.len()
+                ),
+            );
+            read.into_iter().next()
+        }
+    }
+}
+
 /// A `nodeSelector` map (Pod spec) as a label selector.
 pub(super) fn from_map(labels: &BTreeMap<String, String>) -> Option<LabelSelector> {
     (!labels.is_empty()).then(|| LabelSelector {

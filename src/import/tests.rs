@@ -15,16 +15,13 @@ fn pools(imported: &Imported) -> Vec<&IPPool> {
         .collect()
 }
 
+/// The blocks as vipam's messages write them (`cidr 10.0.0.0/24`, `a-b`, `start a`).
 fn block_texts(pool: &IPPool) -> Vec<String> {
-    pool.spec
+    api::pool_spec(pool)
+        .unwrap()
         .blocks
         .iter()
-        .map(|b| match (&b.cidr, &b.start, &b.stop) {
-            (Some(c), _, _) => c.clone(),
-            (None, Some(s), Some(e)) => format!("{s}-{e}"),
-            (None, Some(s), None) => s.clone(),
-            _ => String::new(),
-        })
+        .map(ToString::to_string)
         .collect()
 }
 
@@ -52,7 +49,7 @@ fn host_bits_are_cleared_and_overlapping_entries_merged() {
     let pools = pools(&imported);
     assert_eq!(
         block_texts(pools[0]),
-        ["192.0.2.0/29", "192.0.2.8-192.0.2.12"],
+        ["cidr 192.0.2.0/29", "192.0.2.8-192.0.2.12"],
         "the union, nothing twice"
     );
     assert_eq!(
@@ -119,7 +116,7 @@ fn two_sources_of_one_name_keep_the_first() {
     let imported = run(&format!("{cilium}{}", metallb_pool("lan", "192.0.2.0/28")));
     let pools = pools(&imported);
     assert_eq!(pools.len(), 1);
-    assert_eq!(block_texts(pools[0]), ["198.51.100.0/28"]);
+    assert_eq!(block_texts(pools[0]), ["cidr 198.51.100.0/28"]);
     assert_eq!(fields(&imported, Outcome::Lost), ["metadata.name"]);
 }
 
@@ -184,9 +181,9 @@ fn cilium_first_and_last_addresses() {
     assert_eq!(
         block_texts(p),
         [
-            "192.0.2.0/24",
+            "cidr 192.0.2.0/24",
             "2001:db8::1-2001:db8::2",
-            "2001:db8:1::/127"
+            "cidr 2001:db8:1::/127"
         ],
         "IPv6 /126 loses its ends, /127 keeps them (as in Cilium)"
     );
@@ -213,7 +210,10 @@ fn kube_vip_config_map_keys() {
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some("kube-vip-web"))
         .unwrap();
-    assert_eq!(block_texts(web), ["192.0.2.16-192.0.2.20", "192.0.2.30"]);
+    assert_eq!(
+        block_texts(web),
+        ["192.0.2.16-192.0.2.20", "start 192.0.2.30"]
+    );
     assert_eq!(web.spec.namespaces, ["web"]);
     assert_eq!(
         fields(&imported, Outcome::Lost),
