@@ -72,3 +72,46 @@ fn the_detector_catches_imports() {
     assert!(offending_lines("// kube::Api in a comment").is_empty());
     assert!(offending_lines("use crate::core::range;").is_empty());
 }
+
+/// `src/import` converts files to objects: no client, runtime, web framework or netlink (the
+/// Kubernetes object types of k8s_openapi are data and allowed).
+#[test]
+fn import_imports_no_io_crates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/import");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    assert!(files.len() >= 4, "expected the import modules");
+    let mut problems = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for hit in offending_lines(&text) {
+            if !hit.contains("k8s_openapi::") {
+                problems.push(format!("{}: {hit}", file.display()));
+            }
+        }
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if [
+                "crate::agent",
+                "crate::controller",
+                "crate::webhook",
+                "crate::cache",
+            ]
+            .iter()
+            .any(|m| code.contains(m))
+            {
+                problems.push(format!(
+                    "{}: line {}: {}",
+                    file.display(),
+                    n + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "src/import must stay pure:\n{}",
+        problems.join("\n")
+    );
+}

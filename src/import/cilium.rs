@@ -65,7 +65,10 @@ fn pool(ctx: &mut Ctx<'_>, value: &Value) {
             true
         }
     };
-    let mut blocks = Blocks::default();
+    let mut blocks = Blocks {
+        skips_ends: !allow_first_last,
+        ..Blocks::default()
+    };
     // `cidrs` is the v2alpha1 name of `blocks` (deprecated), with the same shape.
     for field in ["blocks", "cidrs"] {
         for (index, block) in spec

@@ -67,7 +67,10 @@ fn config_map(ctx: &mut Ctx<'_>, value: &Value) {
     for (key, entries) in &data {
         let field = format!("data.{key}");
         if let Some((namespace, is_cidr_key)) = pool_key(key) {
-            let blocks = pools.entry(namespace).or_default();
+            let blocks = pools.entry(namespace).or_insert_with(|| Blocks {
+                skips_ends: skip_ends,
+                ..Blocks::default()
+            });
             for entry in entries.split(',').map(str::trim).filter(|e| !e.is_empty()) {
                 let looks_like_cidr = entry.contains('/');
                 if looks_like_cidr != is_cidr_key {

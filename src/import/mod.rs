@@ -391,6 +391,10 @@ struct Blocks {
     seen: FamilySets,
     /// An IPv4 CIDR of /30 or larger: where `allowFirstLastIPs` matters.
     has_v4_cidr_with_ends: bool,
+    /// Network and broadcast addresses of those CIDRs (a later entry may list them again).
+    cidr_ends: Vec<std::net::IpAddr>,
+    /// The pool skips those ends (`allowFirstLastIPs: false`), as the tool did.
+    skips_ends: bool,
 }
 
 impl Blocks {
@@ -437,6 +441,8 @@ impl Blocks {
             && v4.prefix_len() <= 30
         {
             self.has_v4_cidr_with_ends = true;
+            self.cidr_ends.push(truncated.network());
+            self.cidr_ends.push(truncated.broadcast());
         }
         self.blocks.push(IPPoolBlock {
             cidr: Some(truncated.to_string()),
@@ -483,6 +489,20 @@ impl Blocks {
             return false;
         }
         let fresh_ranges: Vec<IpRange> = fresh.ranges().collect();
+        let skipped = self
+            .cidr_ends
+            .iter()
+            .filter(|end| self.skips_ends && range.contains(end));
+        for end in skipped {
+            ctx.lost(
+                field,
+                format!(
+                    "{end} is listed here and is the network or broadcast address of an earlier \
+                     CIDR entry, which the pool skips (allowFirstLastIPs: false): vipam does not \
+                     hand it out; write the CIDR as a range to keep it"
+                ),
+            );
+        }
         ctx.changed(
             field,
             format!(

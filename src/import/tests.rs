@@ -74,6 +74,20 @@ fn host_bits_are_cleared_and_overlapping_entries_merged() {
 }
 
 #[test]
+fn a_cidr_end_listed_again_by_a_later_entry_is_reported() {
+    let imported = run(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kubevip}\ndata:\n  cidr-global: 192.0.2.0/30,192.0.2.3-192.0.2.5\n  skip-end-ips-in-cidr: \"true\"\n",
+    );
+    assert_eq!(fields(&imported, Outcome::Lost), ["data.cidr-global"]);
+    assert!(
+        imported
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("192.0.2.3 is listed here"))
+    );
+}
+
+#[test]
 fn a_pool_vipam_would_refuse_is_reported_and_not_written() {
     let imported = run(&metallb_pool("loop", "127.0.0.1-127.0.0.5"));
     assert!(pools(&imported).is_empty());
