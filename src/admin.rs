@@ -39,8 +39,10 @@ pub struct PoolLabel {
 
 /// Labels of `vipam_controller_reconciles_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    /// `ok`, or the short category of a failed write (`api_error`, `raced`, `not_leader`).
+pub struct ReconcileLabel {
+    /// `Service` (one Service reconciled) or `global` (the pass over what spans objects).
+    pub kind: String,
+    /// `ok`, or the category of the failure (`api_error`, `raced`, `contention`, `not_leader`).
     pub result: String,
 }
 
@@ -57,7 +59,7 @@ pub struct Metrics {
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_seconds: Family<WebhookLabel, Histogram>,
     pub ledger_addresses: Family<PoolLabel, Gauge>,
-    pub reconciles: Family<ResultLabel, Counter>,
+    pub reconciles: Family<ReconcileLabel, Counter>,
     pub ledger_phases: Family<PhaseLabel, Gauge>,
     pub leader: Gauge,
 }
@@ -93,10 +95,10 @@ impl Metrics {
             "IPAllocations (bound or released) per pool",
             ledger_addresses.clone(),
         );
-        let reconciles = Family::<ResultLabel, Counter>::default();
+        let reconciles = Family::<ReconcileLabel, Counter>::default();
         registry.register(
             "controller_reconciles",
-            "Reconcile passes of the leader, by result",
+            "Reconciliations of the leader, by kind (Service, global) and result",
             reconciles.clone(),
         );
         let ledger_phases = Family::<PhaseLabel, Gauge>::default();

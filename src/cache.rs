@@ -16,6 +16,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -24,6 +25,11 @@ use crate::api::{IPAllocation, IPPool, L2Announcement, allocation_entry};
 use crate::core::allocate::Ledger;
 use crate::core::category::Category;
 use crate::core::names::allocation_ip;
+use crate::core::request::ServiceRef;
+
+/// How many changed-allocation notices may wait for a slow reader before it is told it lagged
+/// (it then reconciles everything).
+const TOUCHED_BACKLOG: usize = 4096;
 
 /// The ledger as last seen, plus what this replica wrote since.
 #[derive(Default)]
@@ -118,6 +124,13 @@ pub struct Caches {
     pub ledger: LiveLedger,
     /// Bumped on every pool or L2Announcement event (derived data is rebuilt only then).
     pub generation: Arc<AtomicU64>,
+    /// Bumped when what the agents report on an allocation (`status.announcer`,
+    /// `status.conflict`) changes: the controller's Events and conditions follow it at once.
+    /// The controller's own status writes (phase, conditions) do not bump it.
+    pub reports: Arc<AtomicU64>,
+    /// The Services of each IPAllocation that changed (created, replaced, status, deleted),
+    /// after the first list: the controller reconciles exactly those.
+    pub touched: broadcast::Sender<Vec<ServiceRef>>,
     synced: Arc<AtomicBool>,
     ledger_synced: Arc<AtomicBool>,
 }
@@ -152,6 +165,8 @@ impl Caches {
                 l2announcements,
                 ledger: LiveLedger::default(),
                 generation: Arc::new(AtomicU64::new(0)),
+                reports: Arc::new(AtomicU64::new(0)),
+                touched: broadcast::channel(TOUCHED_BACKLOG).0,
                 synced: Arc::new(AtomicBool::new(false)),
                 ledger_synced: Arc::new(AtomicBool::new(false)),
             },
@@ -180,12 +195,7 @@ impl Caches {
             writers.l2announcements,
             caches.generation.clone(),
         );
-        spawn_ledger_watch(
-            client,
-            caches.ledger.clone(),
-            caches.ledger_synced.clone(),
-            caches.generation.clone(),
-        );
+        spawn_ledger_watch(client, caches.clone());
         let _ = caches.pools.wait_until_ready().await;
         let _ = caches.l2announcements.wait_until_ready().await;
         while !caches.ledger_synced.load(Ordering::Acquire) {
@@ -233,10 +243,7 @@ fn spawn_reflector<K>(
     });
 }
 
-/// What the agents report on an allocation (`status.announcer`, `status.conflict`): a change
-/// of it is reflected on the Services at once (a new cache generation wakes the controller).
-/// The controller's own status writes (phase, conditions) change nothing here, so they never
-/// cause a pass.
+/// What the agents report on an allocation (`status.announcer`, `status.conflict`).
 fn agent_report(
     allocation: &IPAllocation,
 ) -> (
@@ -250,12 +257,18 @@ fn agent_report(
     )
 }
 
-fn spawn_ledger_watch(
-    client: Client,
-    ledger: LiveLedger,
-    synced: Arc<AtomicBool>,
-    generation: Arc<AtomicU64>,
-) {
+/// The Services an allocation lists.
+fn services_of(allocation: &IPAllocation) -> impl Iterator<Item = ServiceRef> + '_ {
+    allocation
+        .spec
+        .services
+        .iter()
+        .map(|s| ServiceRef::new(s.namespace.clone(), s.name.clone()))
+}
+
+fn spawn_ledger_watch(client: Client, caches: Caches) {
+    let (ledger, synced) = (caches.ledger, caches.ledger_synced);
+    let (reports, touched) = (caches.reports, caches.touched);
     let api: Api<DeserializeGuard<IPAllocation>> = Api::all(client);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     tokio::spawn(async move {
@@ -276,22 +289,28 @@ fn spawn_ledger_watch(
                     synced.store(true, Ordering::Release);
                 }
                 watcher::Event::Apply(DeserializeGuard(Ok(object))) => {
-                    let before = object
+                    let previous = object
                         .spec
                         .ip
                         .parse::<std::net::IpAddr>()
                         .ok()
-                        .and_then(|ip| state.objects.get(&ip))
-                        .map(agent_report);
+                        .and_then(|ip| state.objects.get(&ip));
+                    let before = previous.map(agent_report);
+                    let mut services: BTreeSet<ServiceRef> =
+                        previous.into_iter().flat_map(services_of).collect();
+                    services.extend(services_of(&object));
                     let after = agent_report(&object);
                     state.apply(object);
                     if before.is_some_and(|before| before != after) {
-                        generation.fetch_add(1, Ordering::AcqRel);
+                        reports.fetch_add(1, Ordering::AcqRel);
                     }
+                    // Nobody listening (a webhook-only process) is fine.
+                    let _ = touched.send(services.into_iter().collect());
                 }
                 watcher::Event::InitApply(DeserializeGuard(Ok(object))) => state.apply(object),
                 watcher::Event::Delete(DeserializeGuard(Ok(object))) => {
-                    state.delete(&object.name_any())
+                    state.delete(&object.name_any());
+                    let _ = touched.send(services_of(&object).collect());
                 }
                 watcher::Event::Delete(DeserializeGuard(Err(invalid))) => {
                     state.delete(&invalid.metadata.name.clone().unwrap_or_default())

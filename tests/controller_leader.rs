@@ -265,3 +265,85 @@ async fn clock_skew_neither_steals_a_live_lease_nor_delays_a_takeover() {
     assert!(new == "ahead" || new == "behind", "holder {new}");
     eprintln!("takeover by {new} after {:?}", killed.elapsed());
 }
+
+/// PATCHes of `name`'s status so far.
+fn status_writes(fake: &FakeApi, name: &str) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| {
+            r.verb == Verb::Patch
+                && r.resource == "services"
+                && r.subresource.as_deref() == Some("status")
+                && r.name.as_deref() == Some(name)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_service_whose_status_write_fails_is_retried_alone_with_a_growing_backoff() {
+    let fake = fake_with_pool();
+    let metrics = Arc::new(Metrics::new());
+    let only = start_with(&fake, "only", metrics.clone()).await;
+    wait_for("leadership", Duration::from_secs(5), || {
+        only.gate.is_leader()
+    })
+    .await;
+    fake.inject(
+        Fault::fail(500)
+            .verb(Verb::Patch)
+            .resource("services")
+            .name("broken")
+            .always(),
+    );
+    fake.seed(service("broken"));
+    // The failing Service is queued first; the other is served at once all the same.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    fake.seed(service("fine"));
+    fake.wait_for_object(
+        "services",
+        Some("default"),
+        "fine",
+        Duration::from_secs(3),
+        has_ingress,
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the healthy Service waited {:?} behind the failing one",
+        started.elapsed()
+    );
+    // Retries of the failing one back off (1 s, 2 s, 4 s ...). In 10 s after its first attempt
+    // a retry every second would make 10 attempts; the backoff makes 4 or 5 (its IPAllocation's
+    // creation triggers one at once, then 2 s, 4 s and 8 s apart, from the second failure on).
+    wait_for("the first attempt", Duration::from_secs(3), || {
+        status_writes(&fake, "broken") >= 1
+    })
+    .await;
+    let first = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(first.elapsed())).await;
+    let attempts = status_writes(&fake, "broken");
+    assert!(
+        (3..=5).contains(&attempts),
+        "{attempts} status writes of the failing Service in 10 s"
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"vipam_controller_reconciles_total{kind="Service",result="api_error"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"vipam_controller_reconciles_total{kind="Service",result="ok"}"#),
+        "{text}"
+    );
+    // Once the API accepts it again, the next retry succeeds.
+    fake.clear_faults();
+    fake.wait_for_object(
+        "services",
+        Some("default"),
+        "broken",
+        Duration::from_secs(10),
+        has_ingress,
+    )
+    .await;
+}

@@ -25,12 +25,22 @@ impl Drop for Killed {
     }
 }
 
+/// A port free now and never handed out before in this process: the kernel may give a port
+/// just released to the next bind(0), so two calls (in one test or in two at once) could
+/// otherwise return the same port for two servers.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A self-signed certificate for 127.0.0.1 / localhost: (cert PEM, key PEM, cert DER).

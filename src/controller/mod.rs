@@ -8,10 +8,12 @@ pub mod explain;
 pub mod lease;
 pub mod placement;
 pub mod reconcile;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -26,7 +28,7 @@ use self::clock::{SharedClock, SystemClock};
 use self::lease::{Elector, LeaderGate, LeaseConfig};
 use self::placement::Placement;
 use self::reconcile::{PassReport, Reconciler, ReconcilerConfig};
-use crate::admin::{self, Metrics, PhaseLabel, PoolLabel, Readiness, ResultLabel};
+use crate::admin::{self, Metrics, PhaseLabel, PoolLabel, Readiness, ReconcileLabel};
 use crate::cache::Caches;
 use crate::core::category::Category;
 use crate::core::range::Family;
@@ -286,9 +288,11 @@ impl Drop for Reconcilers {
 }
 
 impl Reconcilers {
-    /// Starts leader election on the Lease, a Service watch, and the loop that runs a pass
-    /// while leading: on every Service event, pool or L2Announcement change, leadership gain,
-    /// and every resync interval (which also catches ledger-only changes and expiries).
+    /// Starts leader election on the Lease, a Service watch, the placement view, the Service
+    /// controller (each Service on its own, see [`services`]) and the loop that runs the global
+    /// pass while leading: on every Service event, pool or L2Announcement change, change of
+    /// what the agents report, leadership gain, the earliest sticky expiry, and every resync
+    /// interval.
     pub fn spawn(
         client: kube::Client,
         caches: Caches,
@@ -299,12 +303,21 @@ impl Reconcilers {
         let gate = LeaderGate::new(clock.clone());
         let elector = Elector::new(client.clone(), settings.lease.clone(), gate.clone());
         let mut tasks = vec![tokio::spawn(elector.run())];
-        let (services, changed, watch) = watch_services(client.clone());
-        tasks.push(watch);
+        let (writer_end, applied) = tokio::sync::mpsc::unbounded_channel();
+        let (services, writer) = reflector::store::<DeserializeGuard<Service>>();
+        let changed = Arc::new(Notify::new());
+        let (listed, services_listed) = tokio::sync::watch::channel(false);
+        tasks.push(spawn_service_watch(
+            client.clone(),
+            writer,
+            changed.clone(),
+            Some((writer_end, listed)),
+        ));
+        let placement_changes = Arc::new(AtomicU64::new(0));
         let (placement, placement_tasks) = Placement::spawn(
             client.clone(),
             &settings.lease.namespace,
-            caches.generation.clone(),
+            placement_changes.clone(),
         );
         tasks.extend(placement_tasks);
         let reconciler = Arc::new(
@@ -318,10 +331,22 @@ impl Reconcilers {
             )
             .with_placement(placement),
         );
+        let controller = services::ServiceController {
+            reconciler: reconciler.clone(),
+            caches: caches.clone(),
+            services: services.clone(),
+            applied,
+            services_listed: services_listed.clone(),
+            placement_changes,
+            leadership: gate.subscribe(),
+            resync: settings.resync_interval,
+            metrics: metrics.clone(),
+        };
+        tasks.push(tokio::spawn(controller.run()));
         tasks.push(tokio::spawn(reconcile_loop(
             reconciler.clone(),
             caches,
-            services,
+            services_listed,
             changed,
             gate.clone(),
             settings.resync_interval,
@@ -346,14 +371,24 @@ pub fn watch_services(
 ) {
     let (services, writer) = reflector::store::<DeserializeGuard<Service>>();
     let changed = Arc::new(Notify::new());
-    let task = spawn_service_watch(client, writer, changed.clone());
+    let task = spawn_service_watch(client, writer, changed.clone(), None);
     (services, changed, task)
 }
 
+/// Where the Service watch hands every applied Service (the Service controller), and says
+/// that the first list is complete.
+type Forward = (
+    tokio::sync::mpsc::UnboundedSender<DeserializeGuard<Service>>,
+    tokio::sync::watch::Sender<bool>,
+);
+
+/// The Service watch: keeps `writer`'s store, notifies `changed` after every change (not
+/// during a relist), and feeds `forward`.
 fn spawn_service_watch(
     client: kube::Client,
     writer: reflector::store::Writer<DeserializeGuard<Service>>,
     changed: Arc<Notify>,
+    forward: Option<Forward>,
 ) -> JoinHandle<()> {
     let api: kube::Api<DeserializeGuard<Service>> = kube::Api::all(client);
     let stream = reflector::reflector(
@@ -363,6 +398,17 @@ fn spawn_service_watch(
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
+            if let Some((applied, listed)) = &forward {
+                match &event {
+                    Ok(watcher::Event::Apply(service) | watcher::Event::InitApply(service)) => {
+                        let _ = applied.send(service.clone());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        listed.send_replace(true);
+                    }
+                    _ => {}
+                }
+            }
             match event {
                 Ok(watcher::Event::Apply(DeserializeGuard(Err(invalid))))
                 | Ok(watcher::Event::InitApply(DeserializeGuard(Err(invalid)))) => {
@@ -388,7 +434,8 @@ fn record_pass(metrics: &Metrics, report: &PassReport, caches: &Caches, leading:
     let result = report.failures.keys().next().copied().unwrap_or("ok");
     metrics
         .reconciles
-        .get_or_create(&ResultLabel {
+        .get_or_create(&ReconcileLabel {
+            kind: "global".into(),
             result: result.into(),
         })
         .inc();
@@ -413,7 +460,7 @@ fn record_pass(metrics: &Metrics, report: &PassReport, caches: &Caches, leading:
 async fn reconcile_loop(
     reconciler: Arc<Reconciler>,
     caches: Caches,
-    services: Store<DeserializeGuard<Service>>,
+    mut services_listed: tokio::sync::watch::Receiver<bool>,
     changed: Arc<Notify>,
     gate: LeaderGate,
     resync: Duration,
@@ -423,16 +470,23 @@ async fn reconcile_loop(
     while !caches.is_synced() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = services.wait_until_ready().await;
+    let _ = services_listed.wait_for(|listed| *listed).await;
     let mut leadership = gate.subscribe();
+    let counters = || {
+        use std::sync::atomic::Ordering::Acquire;
+        (
+            caches.generation.load(Acquire),
+            caches.reports.load(Acquire),
+        )
+    };
     loop {
-        let generation = caches.generation.load(std::sync::atomic::Ordering::Acquire);
-        let report = reconciler.pass().await;
+        let seen = counters();
+        let report = reconciler.global_pass().await;
         record_pass(&metrics, &report, &caches, gate.is_leader());
         let caches_moved = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                if caches.generation.load(std::sync::atomic::Ordering::Acquire) != generation {
+                if counters() != seen {
                     return;
                 }
             }

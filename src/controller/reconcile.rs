@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -296,8 +296,76 @@ impl Reconciler {
         }
     }
 
-    /// One reconciliation of everything; writes only what differs.
+    /// One reconciliation of everything, Services included; writes only what differs. The
+    /// running controller reconciles Services one by one instead ([`Reconciler::reconcile_one`])
+    /// beside [`Reconciler::global_pass`]; tests and benchmarks use this.
     pub async fn pass(&self) -> PassReport {
+        self.run_pass(true).await
+    }
+
+    /// What spans objects: Services that went away leave their addresses, sticky reservations
+    /// expire, IPAllocation status, announcement Events, IPPool and L2Announcement status.
+    pub async fn global_pass(&self) -> PassReport {
+        self.run_pass(false).await
+    }
+
+    /// Reconciles one Service: its allocation, `status.loadBalancer` and conditions. A failure
+    /// concerns this Service only (its own backoff retries it).
+    pub async fn reconcile_one(&self, service: &Service) -> Result<PassReport, ReconcileError> {
+        let mut report = PassReport::default();
+        if !self.gate.is_leader() {
+            report.not_leader = true;
+            return Ok(report);
+        }
+        let ctx = self.context();
+        let view = service_view(service);
+        let key = view.service_ref();
+        let item = Seen {
+            request: view.request(&self.config.policy),
+            service: service.clone(),
+        };
+        let unserved = self.unserved_of(&key);
+        self.reconcile_service(&key, &item, &unserved, &ctx, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    /// [`Reconciler::unserved`] for one Service's addresses: only the Services sharing them are
+    /// read, so reconciling each Service stays independent of how many there are.
+    fn unserved_of(&self, service: &ServiceRef) -> BTreeMap<IpAddr, Unserved> {
+        let Some(placement) = self.placement.as_ref().filter(|p| p.is_synced()) else {
+            return BTreeMap::new();
+        };
+        let allocations: Vec<IPAllocation> = {
+            let state = self.caches.ledger.lock();
+            state
+                .ledger
+                .entries_of(service)
+                .filter(|e| !e.is_released())
+                .filter_map(|e| state.objects.get(&e.ip).cloned())
+                .collect()
+        };
+        if allocations.is_empty() {
+            return BTreeMap::new();
+        }
+        let services: Vec<Service> = allocations
+            .iter()
+            .flat_map(|a| &a.spec.services)
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|(namespace, name)| {
+                let found = self.services.get(&ObjectRef::new(name).within(namespace))?;
+                found.0.as_ref().ok().cloned()
+            })
+            .collect();
+        let allocations: Vec<&IPAllocation> = allocations.iter().collect();
+        let services: Vec<&Service> = services.iter().collect();
+        let l2 = valid(&self.caches.l2announcements);
+        explain::unserved(placement, &allocations, &services, &l2)
+    }
+
+    async fn run_pass(&self, with_services: bool) -> PassReport {
         let mut report = PassReport::default();
         if !self.gate.is_leader() {
             report.not_leader = true;
@@ -323,8 +391,12 @@ impl Reconciler {
                 let millis = at.saturating_mul(1000) - self.clock.now_millis() + 50;
                 std::time::Duration::from_millis(millis.max(0) as u64)
             });
-        let unserved = self.unserved(&seen);
-        for (service, item) in &seen {
+        let unserved = if with_services {
+            self.unserved(&seen)
+        } else {
+            BTreeMap::new()
+        };
+        for (service, item) in seen.iter().filter(|_| with_services) {
             if let Err(err) = self
                 .reconcile_service(service, item, &unserved, &ctx, &mut report)
                 .await
