@@ -128,8 +128,8 @@ pub struct Caches {
     /// `status.conflict`) changes: the controller's Events and conditions follow it at once.
     /// The controller's own status writes (phase, conditions) do not bump it.
     pub reports: Arc<AtomicU64>,
-    /// The Services of each IPAllocation that changed (created, replaced, status, deleted),
-    /// after the first list: the controller reconciles exactly those.
+    /// The Services of each IPAllocation whose spec or agent report changed, or that was
+    /// deleted, after the first list: the controller reconciles exactly those.
     pub touched: broadcast::Sender<Vec<ServiceRef>>,
     synced: Arc<AtomicBool>,
     ledger_synced: Arc<AtomicBool>,
@@ -296,16 +296,25 @@ fn spawn_ledger_watch(client: Client, caches: Caches) {
                         .ok()
                         .and_then(|ip| state.objects.get(&ip));
                     let before = previous.map(agent_report);
+                    let after = agent_report(&object);
+                    // What a Service's status follows: the spec and what the agents report.
+                    // The controller's own writes of phase and conditions change neither.
+                    let spec_changed = previous.is_none_or(|p| {
+                        serde_json::to_value(&p.spec).ok()
+                            != serde_json::to_value(&object.spec).ok()
+                    });
+                    let report_changed = before.as_ref().is_some_and(|before| *before != after);
                     let mut services: BTreeSet<ServiceRef> =
                         previous.into_iter().flat_map(services_of).collect();
                     services.extend(services_of(&object));
-                    let after = agent_report(&object);
                     state.apply(object);
-                    if before.is_some_and(|before| before != after) {
+                    if report_changed {
                         reports.fetch_add(1, Ordering::AcqRel);
                     }
-                    // Nobody listening (a webhook-only process) is fine.
-                    let _ = touched.send(services.into_iter().collect());
+                    if spec_changed || report_changed {
+                        // Nobody listening (a webhook-only process) is fine.
+                        let _ = touched.send(services.into_iter().collect());
+                    }
                 }
                 watcher::Event::InitApply(DeserializeGuard(Ok(object))) => state.apply(object),
                 watcher::Event::Delete(DeserializeGuard(Ok(object))) => {
@@ -385,7 +394,8 @@ pub fn spawn_watched<K>(
     trim: fn(&mut K),
     relevant: fn(&K) -> u64,
     wake: impl Fn() + Send + 'static,
-) where
+) -> tokio::task::JoinHandle<()>
+where
     K: Resource<DynamicType = ()>
         + DeserializeOwned
         + Clone
@@ -419,7 +429,7 @@ pub fn spawn_watched<K>(
                 }
             }
         }
-    });
+    })
 }
 
 #[cfg(test)]

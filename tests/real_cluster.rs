@@ -1068,11 +1068,13 @@ fn an_unannounced_service_says_why_for_every_reason() {
     service["spec"].as_object_mut().unwrap().remove("selector");
     apply_ok(cp, &service.to_string());
 
+    // A node the announcement's selector does not match.
+    let node_object = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node, "labels": {"vipam-test/why": "no"}}});
+    apply_ok(cp, &node_object.to_string());
     expect("NoNodeSelected", "L2Announcement t-why selects no node");
 
-    let node_object = json!({"apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": node, "labels": {"vipam-test/why": "yes"}}});
-    apply_ok(cp, &node_object.to_string());
+    cp.kubectl_ok(&["label", "node", node, "--overwrite", "vipam-test/why=yes"]);
     expect("NoLiveAgent", "t-why-node: no live vipam agent Lease");
 
     // The agent lists no usable interface: its link is down.

@@ -74,14 +74,27 @@ pub fn condition(ip: IpAddr, pool: &str, why: &Unserved) -> Wanted {
                  lists the pool (or lists no pools) and selects the Service"
             ),
         ),
-        Unserved::NoNodeSelected(names) => Wanted::new(
+        Unserved::NoNodeSelected {
+            announcements,
+            nodes: 0,
+        } => Wanted::new(
+            ANNOUNCED,
+            false,
+            "NoNodeSelected",
+            format!(
+                "the cluster has no Node for L2Announcement {} to select, so nothing announces \
+                 {ip}",
+                announcements.join(", ")
+            ),
+        ),
+        Unserved::NoNodeSelected { announcements, .. } => Wanted::new(
             ANNOUNCED,
             false,
             "NoNodeSelected",
             format!(
                 "the nodeSelector of L2Announcement {} selects no node, so nothing announces \
                  {ip}: label the nodes that should announce it, or change the selector",
-                names.join(", ")
+                announcements.join(", ")
             ),
         ),
         Unserved::NoEligibleNode(nodes) => {
@@ -146,9 +159,20 @@ mod tests {
         let cases = [
             (Unserved::NoAnnouncement, "NoL2Announcement", "IPPool lan"),
             (
-                Unserved::NoNodeSelected(vec!["edge".into()]),
+                Unserved::NoNodeSelected {
+                    announcements: vec!["edge".into()],
+                    nodes: 3,
+                },
                 "NoNodeSelected",
                 "L2Announcement edge selects no node",
+            ),
+            (
+                Unserved::NoNodeSelected {
+                    announcements: vec!["edge".into()],
+                    nodes: 0,
+                },
+                "NoNodeSelected",
+                "no Node for L2Announcement edge",
             ),
             (
                 one(Blocked::NoLiveAgent),

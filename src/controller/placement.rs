@@ -75,7 +75,7 @@ impl Placement {
                 generation.fetch_add(1, Ordering::AcqRel);
             }
         };
-        spawn_watched(
+        let nodes = spawn_watched(
             Api::<Node>::all(client.clone()),
             node_writer,
             watcher::Config::default(),
@@ -83,7 +83,7 @@ impl Placement {
             node_fingerprint,
             bump(&generation),
         );
-        spawn_watched(
+        let slices = spawn_watched(
             Api::<EndpointSlice>::all(client.clone()),
             slice_writer,
             watcher::Config::default(),
@@ -93,6 +93,8 @@ impl Placement {
         );
         let api: Api<Lease> = Api::namespaced(client, namespace);
         let tasks = vec![
+            nodes,
+            slices,
             tokio::spawn(placement.clone().watch_leases(api, generation.clone())),
             tokio::spawn(placement.clone().check_expiry(generation)),
         ];

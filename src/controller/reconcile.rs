@@ -122,6 +122,11 @@ pub struct Reconciler {
     /// Nodes, agent Leases and endpoints, to say why nobody announces an address (None: the
     /// conditions say only whether an L2Announcement covers the pool).
     placement: Option<Placement>,
+    /// Each Service as this replica last wrote its status, until the watch shows that version
+    /// or a newer one: a reconciliation that comes before the watch's event (an IPAllocation
+    /// event can) compares with what was written, not with the older cached object, and does
+    /// not write the same status twice.
+    written: std::sync::Mutex<BTreeMap<ServiceRef, Service>>,
 }
 
 /// An address whose announcer appeared or moved: (ip, before, (node, interface), Services).
@@ -215,6 +220,14 @@ impl Reconciler {
             recorder,
             announcers: std::sync::Mutex::new(None),
             placement: None,
+            written: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Returns once the placement view listed its objects (at once without one).
+    pub async fn placement_synced(&self) {
+        while self.placement.as_ref().is_some_and(|p| !p.is_synced()) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
@@ -322,12 +335,29 @@ impl Reconciler {
         let key = view.service_ref();
         let item = Seen {
             request: view.request(&self.config.policy),
-            service: service.clone(),
+            service: self.freshest(&key, service),
         };
         let unserved = self.unserved_of(&key);
         self.reconcile_service(&key, &item, &unserved, &ctx, &mut report)
             .await?;
         Ok(report)
+    }
+
+    /// `cached`, or what this replica wrote of it when the cache has not caught up yet. Versions
+    /// that cannot be ordered count as caught up (at worst one status is written twice).
+    fn freshest(&self, key: &ServiceRef, cached: &Service) -> Service {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mine) = written.get(key) else {
+            return cached.clone();
+        };
+        let version = |s: &Service| s.metadata.resource_version.clone().unwrap_or_default();
+        let behind = crate::api::compare_resource_versions(&version(cached), &version(mine))
+            .is_some_and(|order| order.is_lt());
+        if behind {
+            return mine.clone();
+        }
+        written.remove(key);
+        cached.clone()
     }
 
     /// [`Reconciler::unserved`] for one Service's addresses: only the Services sharing them are
@@ -376,8 +406,15 @@ impl Reconciler {
         for service in valid(&self.services) {
             let view = service_view(&service);
             let request = view.request(&self.config.policy);
-            seen.insert(view.service_ref(), Seen { service, request });
+            let key = view.service_ref();
+            let service = self.freshest(&key, &service);
+            seen.insert(key, Seen { service, request });
         }
+        // Services gone need no memory of what was written to them.
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| seen.contains_key(key));
         self.leave_stale(&seen, &ctx, &mut report).await;
         self.expire(&ctx, &mut report).await;
         report.next_expiry_in = self
@@ -828,7 +865,13 @@ impl Reconciler {
                     self.leave(*dropped, std::slice::from_ref(service), ctx, report)
                         .await?;
                 }
-                self.wanted_conditions(request, unserved)
+                // Addresses taken just now were not explained yet.
+                let fresh = decision.assignments.iter().any(|a| a.how != How::Kept);
+                if fresh {
+                    self.wanted_conditions(request, &self.unserved_of(service))
+                } else {
+                    self.wanted_conditions(request, unserved)
+                }
             }
             Err(denial) => {
                 let held = self.caches.ledger.lock().ledger.bound_to(service);
@@ -1061,16 +1104,21 @@ impl Reconciler {
             ..PatchParams::default()
         };
         // Strategic merge: conditions merge by type, so other writers' conditions stay.
-        api.patch_status(
-            &service.name,
-            &params,
-            &Patch::Strategic(json!({"status": status})),
-        )
-        .await
-        .map_err(|source| ReconcileError::Api {
-            what: format!("writing the status of Service {service}"),
-            source,
-        })?;
+        let stored = api
+            .patch_status(
+                &service.name,
+                &params,
+                &Patch::Strategic(json!({"status": status})),
+            )
+            .await
+            .map_err(|source| ReconcileError::Api {
+                what: format!("writing the status of Service {service}"),
+                source,
+            })?;
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.clone(), stored);
         report.writes += 1;
         let allocated = wanted.iter().find(|w| w.type_ == ALLOCATED);
         if let Some(allocated) = allocated

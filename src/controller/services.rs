@@ -30,6 +30,8 @@ use crate::core::request::ServiceRef;
 
 /// The longest wait before a failing Service is tried again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long the first reconciliations wait for the placement view to list its objects.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(10);
 /// How often the change counters are looked at.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -206,6 +208,10 @@ impl ServiceController {
         // of several waiters, and the global pass waits for the same store.
         let mut listed = self.services_listed;
         let _ = listed.wait_for(|listed| *listed).await;
+        // The first conditions would otherwise say less than they could (and be rewritten a
+        // moment later); bounded, since the placement watches may lack permissions.
+        let placement = self.reconciler.placement_synced();
+        let _ = tokio::time::timeout(PLACEMENT_WAIT, placement).await;
         let applied = stream::unfold(self.applied, |mut applied| async move {
             applied.recv().await.map(|service| (Ok(service), applied))
         });

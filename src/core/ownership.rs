@@ -230,8 +230,12 @@ impl Blocked {
 pub enum Unserved {
     /// No L2Announcement covers it (its pool, or its Services' labels).
     NoAnnouncement,
-    /// The covering L2Announcements (named) select no node.
-    NoNodeSelected(Vec<String>),
+    /// The covering L2Announcements (named) select none of the cluster's `nodes` (which may be
+    /// none at all).
+    NoNodeSelected {
+        announcements: Vec<String>,
+        nodes: usize,
+    },
     /// Every node they select is blocked, each for the first reason found.
     NoEligibleNode(Vec<(String, Blocked)>),
 }
@@ -304,9 +308,10 @@ pub fn explain(
         .filter(|n| covering.iter().any(|r| r.selects_node(n)))
         .collect();
     if selected.is_empty() {
-        return Some(Unserved::NoNodeSelected(
-            covering.iter().map(|r| r.name.clone()).collect(),
-        ));
+        return Some(Unserved::NoNodeSelected {
+            announcements: covering.iter().map(|r| r.name.clone()).collect(),
+            nodes: nodes.len(),
+        });
     }
     let mut blocked = Vec::new();
     for node in selected {

@@ -195,7 +195,10 @@ fn every_reason_an_address_is_not_served_is_named() {
             vec![edge.clone()],
             vec![node("a"), node("b")],
             vec![web()],
-            Some(Unserved::NoNodeSelected(vec!["edge".to_string()])),
+            Some(Unserved::NoNodeSelected {
+                announcements: vec!["edge".to_string()],
+                nodes: 2,
+            }),
         ),
         (
             "no agent",
