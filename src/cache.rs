@@ -122,7 +122,8 @@ pub struct Caches {
     pub pools: Store<DeserializeGuard<IPPool>>,
     pub l2announcements: Store<DeserializeGuard<L2Announcement>>,
     pub ledger: LiveLedger,
-    /// Bumped on every pool or L2Announcement event (derived data is rebuilt only then).
+    /// Bumped when a pool's or L2Announcement's spec changes, one appears or goes, or their
+    /// watch lists again (derived data is rebuilt only then).
     pub generation: Arc<AtomicU64>,
     /// Bumped when what the agents report on an allocation (`status.announcer`,
     /// `status.conflict`) changes: the controller's Events and conditions follow it at once.
@@ -189,11 +190,27 @@ impl Caches {
 
     /// Starts the watches on `client`; returns once every cache listed its objects.
     pub async fn start(client: Client, writers: CacheWriters, caches: &Caches) {
-        spawn_reflector::<IPPool>(client.clone(), writers.pools, caches.generation.clone());
-        spawn_reflector::<L2Announcement>(
-            client.clone(),
+        let bump = |generation: &Arc<AtomicU64>| {
+            let generation = generation.clone();
+            move || {
+                generation.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        spawn_watched(
+            Api::<DeserializeGuard<IPPool>>::all(client.clone()),
+            writers.pools,
+            watcher::Config::default(),
+            |_| {},
+            spec_fingerprint::<IPPool>,
+            bump(&caches.generation),
+        );
+        spawn_watched(
+            Api::<DeserializeGuard<L2Announcement>>::all(client.clone()),
             writers.l2announcements,
-            caches.generation.clone(),
+            watcher::Config::default(),
+            |_| {},
+            spec_fingerprint::<L2Announcement>,
+            bump(&caches.generation),
         );
         spawn_ledger_watch(client, caches.clone());
         let _ = caches.pools.wait_until_ready().await;
@@ -206,41 +223,25 @@ impl Caches {
     }
 }
 
-fn spawn_reflector<K>(
-    client: Client,
-    writer: reflector::store::Writer<DeserializeGuard<K>>,
-    generation: Arc<AtomicU64>,
-) where
-    K: Resource<DynamicType = ()>
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+/// What the webhook and the controller read of an IPPool or L2Announcement: its spec (their
+/// status, which the controller writes, wakes nothing). A malformed object is logged; its
+/// readers skip it.
+pub fn spec_fingerprint<K>(guard: &DeserializeGuard<K>) -> u64
+where
+    K: Resource<DynamicType = ()> + serde::Serialize,
 {
-    let kind = K::kind(&()).to_string();
-    let guarded: Api<DeserializeGuard<K>> = Api::all(client);
-    let stream = reflector::reflector(
-        writer,
-        watcher(guarded, watcher::Config::default()).default_backoff(),
-    );
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            generation.fetch_add(1, Ordering::AcqRel);
-            match event {
-                Ok(watcher::Event::Apply(DeserializeGuard(Err(invalid))))
-                | Ok(watcher::Event::InitApply(DeserializeGuard(Err(invalid)))) => {
-                    tracing::warn!(%kind, name = %invalid.metadata.name.clone().unwrap_or_default(), error = %invalid.error, "skipping a malformed object");
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%kind, error = %err, "watch error; retrying with backoff")
-                }
-            }
+    match &guard.0 {
+        Ok(object) => {
+            let spec = serde_json::to_value(object)
+                .ok()
+                .and_then(|mut v| v.get_mut("spec").map(std::mem::take));
+            fingerprint((object.meta().uid.as_deref(), spec.map(|s| s.to_string())))
         }
-    });
+        Err(invalid) => {
+            tracing::warn!(kind = %K::kind(&()), name = %invalid.metadata.name.clone().unwrap_or_default(), error = %invalid.error, "skipping a malformed object");
+            fingerprint(&invalid.error)
+        }
+    }
 }
 
 /// What the agents report on an allocation (`status.announcer`, `status.conflict`).

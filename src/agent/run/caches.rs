@@ -29,13 +29,3 @@ pub(super) fn service_fingerprint(service: &Service) -> u64 {
             .and_then(|s| s.external_traffic_policy.as_ref()),
     ))
 }
-
-pub(super) fn l2_fingerprint(guard: &DeserializeGuard<L2Announcement>) -> u64 {
-    match &guard.0 {
-        Ok(l2) => fingerprint(serde_json::to_string(&l2.spec).unwrap_or_default()),
-        Err(invalid) => {
-            tracing::warn!(kind = "L2Announcement", name = %invalid.metadata.name.clone().unwrap_or_default(), error = %invalid.error, "skipping a malformed object");
-            fingerprint(&invalid.error)
-        }
-    }
-}

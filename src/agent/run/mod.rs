@@ -35,7 +35,8 @@ use crate::api::view::{
 };
 use crate::api::{IPAllocation, L2Announcement};
 use crate::cache::{
-    node_fingerprint, slice_fingerprint, spawn_watched, trim_metadata, trim_node, valid,
+    node_fingerprint, slice_fingerprint, spawn_watched, spec_fingerprint, trim_metadata, trim_node,
+    valid,
 };
 use crate::core::category::Category;
 use crate::core::ownership::{self, AnnouncementRule, Liveness, NodeView};
@@ -331,7 +332,7 @@ pub(crate) async fn run_services(
         l2_writer,
         watcher::Config::default(),
         trim_metadata,
-        l2_fingerprint,
+        spec_fingerprint::<L2Announcement>,
         wake(&shared),
     );
     let leases_synced = Arc::new(Notify::new());
