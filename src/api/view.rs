@@ -17,10 +17,13 @@ use regex::Regex;
 use crate::api::{
     AllocationPhase, AnnouncementMode, IPAllocation, L2Announcement, LabelSelectorExt,
 };
+use crate::core::category::Category;
 use crate::core::mac::MacAddr;
 use crate::core::ownership::{
     AddressView, AnnounceMode, AnnouncementRule, Liveness, NodeView, ServiceOnAddress,
 };
+use crate::core::selector::SelectorError;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Label on every agent Lease (the agents watch only these).
 pub const AGENT_LEASE_LABEL: &str = "vipam.io/agent-lease";
@@ -42,29 +45,60 @@ pub fn lease_name(node: &str) -> String {
     format!("{AGENT_LEASE_PREFIX}{node}")
 }
 
-/// An L2Announcement as a rule; `Err` names what is invalid (the object is then skipped; the
+/// Why an L2Announcement cannot be a rule.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("L2Announcement {name}: {field}: {source}")]
+    Selector {
+        name: String,
+        field: &'static str,
+        #[source]
+        source: SelectorError,
+    },
+    #[error("L2Announcement {name}: interface {pattern:?}: {source}")]
+    Interface {
+        name: String,
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
+impl Category for RuleError {
+    fn category(&self) -> &'static str {
+        match self {
+            RuleError::Selector { .. } => "invalid_selector",
+            RuleError::Interface { .. } => "invalid_interface",
+        }
+    }
+}
+
+/// An L2Announcement as a rule; `Err` says what is invalid (the object is then skipped; the
 /// controller reports it in the object's status).
-pub fn rule(l2: &L2Announcement) -> Result<AnnouncementRule, String> {
+pub fn rule(l2: &L2Announcement) -> Result<AnnouncementRule, RuleError> {
     let name = l2.name_any();
-    let service_selector = l2
-        .spec
-        .service_selector
-        .as_ref()
-        .map(|s| s.to_core())
-        .transpose()
-        .map_err(|e| format!("L2Announcement {name}: serviceSelector: {e}"))?;
-    let node_selector = l2
-        .spec
-        .node_selector
-        .as_ref()
-        .map(|s| s.to_core())
-        .transpose()
-        .map_err(|e| format!("L2Announcement {name}: nodeSelector: {e}"))?;
+    let selector = |field: &'static str, s: Option<&LabelSelector>| {
+        s.map(|s| s.to_core())
+            .transpose()
+            .map_err(|source| RuleError::Selector {
+                name: name.clone(),
+                field,
+                source,
+            })
+    };
+    let service_selector = selector("serviceSelector", l2.spec.service_selector.as_ref())?;
+    let node_selector = selector("nodeSelector", l2.spec.node_selector.as_ref())?;
     let interfaces = l2
         .spec
         .interfaces
         .iter()
-        .map(|p| Regex::new(p).map_err(|e| format!("L2Announcement {name}: interface {p:?}: {e}")))
+        .map(|p| {
+            Regex::new(p).map_err(|source| RuleError::Interface {
+                name: name.clone(),
+                pattern: p.clone(),
+                source,
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(AnnouncementRule {
         name,
@@ -331,6 +365,8 @@ mod tests {
             "spec": {"interfaces": ["^eth[0-9]+$", "(bad"], "mode": "address"}
         }));
         let err = rule(&l2).unwrap_err();
+        assert_eq!(err.category(), "invalid_interface");
+        let err = err.to_string();
         assert!(
             err.contains("L2Announcement lan") && err.contains("(bad"),
             "{err}"

@@ -110,8 +110,8 @@ impl Shared {
             .iter()
             .filter_map(|l2| match view::rule(l2) {
                 Ok(rule) => Some(rule),
-                Err(message) => {
-                    tracing::debug!(%message, "skipping an invalid L2Announcement");
+                Err(err) => {
+                    tracing::debug!(error = %err, label = err.category(), "skipping an invalid L2Announcement");
                     None
                 }
             })
