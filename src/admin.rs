@@ -40,7 +40,8 @@ pub struct PoolLabel {
 /// Labels of `vipam_controller_reconciles_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabel {
-    /// `Service` (one Service reconciled) or `global` (the pass over what spans objects).
+    /// `Service` or `IPAllocation` (one object reconciled), or `global` (the pass over what
+    /// spans objects).
     pub kind: String,
     /// `ok`, or the category of the failure (`api_error`, `raced`, `contention`, `not_leader`).
     pub result: String,

@@ -132,6 +132,11 @@ pub struct Caches {
     /// The Services of each IPAllocation whose spec or agent report changed, or that was
     /// deleted, after the first list: the controller reconciles exactly those.
     pub touched: broadcast::Sender<Vec<ServiceRef>>,
+    /// The IPAllocations as objects (the same watch as the ledger), for the controller's
+    /// per-allocation reconciliation.
+    pub allocations: Store<DeserializeGuard<IPAllocation>>,
+    /// The name of each IPAllocation that changed, after the first list.
+    pub allocations_changed: broadcast::Sender<String>,
     synced: Arc<AtomicBool>,
     ledger_synced: Arc<AtomicBool>,
 }
@@ -140,6 +145,7 @@ pub struct Caches {
 pub struct CacheWriters {
     pub pools: reflector::store::Writer<DeserializeGuard<IPPool>>,
     pub l2announcements: reflector::store::Writer<DeserializeGuard<L2Announcement>>,
+    pub allocations: reflector::store::Writer<DeserializeGuard<IPAllocation>>,
 }
 
 /// The well-formed objects of a store; malformed ones are skipped (they were logged on arrival).
@@ -160,6 +166,7 @@ impl Caches {
     pub fn new() -> (Caches, CacheWriters) {
         let (pools, pool_writer) = reflector::store();
         let (l2announcements, l2_writer) = reflector::store();
+        let (allocations, allocation_writer) = reflector::store();
         (
             Caches {
                 pools,
@@ -168,12 +175,15 @@ impl Caches {
                 generation: Arc::new(AtomicU64::new(0)),
                 reports: Arc::new(AtomicU64::new(0)),
                 touched: broadcast::channel(TOUCHED_BACKLOG).0,
+                allocations,
+                allocations_changed: broadcast::channel(TOUCHED_BACKLOG).0,
                 synced: Arc::new(AtomicBool::new(false)),
                 ledger_synced: Arc::new(AtomicBool::new(false)),
             },
             CacheWriters {
                 pools: pool_writer,
                 l2announcements: l2_writer,
+                allocations: allocation_writer,
             },
         )
     }
@@ -212,7 +222,7 @@ impl Caches {
             spec_fingerprint::<L2Announcement>,
             bump(&caches.generation),
         );
-        spawn_ledger_watch(client, caches.clone());
+        spawn_ledger_watch(client, caches.clone(), writers.allocations);
         let _ = caches.pools.wait_until_ready().await;
         let _ = caches.l2announcements.wait_until_ready().await;
         while !caches.ledger_synced.load(Ordering::Acquire) {
@@ -267,9 +277,14 @@ fn services_of(allocation: &IPAllocation) -> impl Iterator<Item = ServiceRef> + 
         .map(|s| ServiceRef::new(s.namespace.clone(), s.name.clone()))
 }
 
-fn spawn_ledger_watch(client: Client, caches: Caches) {
+fn spawn_ledger_watch(
+    client: Client,
+    caches: Caches,
+    mut objects: reflector::store::Writer<DeserializeGuard<IPAllocation>>,
+) {
     let (ledger, synced) = (caches.ledger, caches.ledger_synced);
     let (reports, touched) = (caches.reports, caches.touched);
+    let changed = caches.allocations_changed;
     let api: Api<DeserializeGuard<IPAllocation>> = Api::all(client);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     tokio::spawn(async move {
@@ -282,6 +297,10 @@ fn spawn_ledger_watch(client: Client, caches: Caches) {
                     continue;
                 }
             };
+            objects.apply_watcher_event(&event);
+            if let watcher::Event::Apply(object) | watcher::Event::Delete(object) = &event {
+                let _ = changed.send(object.name_any());
+            }
             let mut state = ledger.lock();
             match event {
                 watcher::Event::Init => state.begin_relist(),

@@ -347,3 +347,91 @@ async fn a_service_whose_status_write_fails_is_retried_alone_with_a_growing_back
     )
     .await;
 }
+
+fn allocation(ip: &str, service: &str) -> Value {
+    json!({
+        "apiVersion": "vipam.io/v1alpha1",
+        "kind": "IPAllocation",
+        "metadata": {"name": format!("v4-{}", ip.replace('.', "-"))},
+        "spec": {
+            "ip": ip,
+            "pool": "lan",
+            "services": [{"namespace": "default", "name": service,
+                          "ports": [{"protocol": "TCP", "port": 80}]}]
+        }
+    })
+}
+
+/// PATCHes of the IPAllocation `name`'s status so far.
+fn allocation_status_writes(fake: &FakeApi, name: &str) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| {
+            r.verb == Verb::Patch
+                && r.resource == "ipallocations"
+                && r.subresource.as_deref() == Some("status")
+                && r.name.as_deref() == Some(name)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn an_allocation_whose_status_write_fails_is_retried_alone_with_a_growing_backoff() {
+    let fake = fake_with_pool();
+    // Admitted by the webhook: allocations without status, Services holding them.
+    for (ip, name) in [("192.0.2.5", "broken"), ("192.0.2.6", "fine")] {
+        fake.seed(allocation(ip, name));
+        let mut svc = service(name);
+        svc["metadata"]["annotations"] = json!({"vipam.io/assigned-ips": ip});
+        fake.seed(svc);
+    }
+    fake.inject(
+        Fault::fail(500)
+            .verb(Verb::Patch)
+            .resource("ipallocations")
+            .name("v4-192-0-2-5")
+            .always(),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let only = start_with(&fake, "only", metrics.clone()).await;
+    wait_for("leadership", Duration::from_secs(5), || {
+        only.gate.is_leader()
+    })
+    .await;
+    fake.wait_for_object(
+        "ipallocations.vipam.io",
+        None,
+        "v4-192-0-2-6",
+        Duration::from_secs(5),
+        |a| a["status"]["phase"] == "Bound",
+    )
+    .await;
+    wait_for("the first attempt", Duration::from_secs(3), || {
+        allocation_status_writes(&fake, "v4-192-0-2-5") >= 1
+    })
+    .await;
+    let first = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(first.elapsed())).await;
+    // 1 s, 2 s, 4 s apart: attempts at 0, 1, 3 and 7 s; a retry every second would make 10.
+    let attempts = allocation_status_writes(&fake, "v4-192-0-2-5");
+    assert!(
+        (3..=5).contains(&attempts),
+        "{attempts} status writes of the failing IPAllocation in 10 s"
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            r#"vipam_controller_reconciles_total{kind="IPAllocation",result="api_error"}"#
+        ),
+        "{text}"
+    );
+    fake.clear_faults();
+    fake.wait_for_object(
+        "ipallocations.vipam.io",
+        None,
+        "v4-192-0-2-5",
+        Duration::from_secs(10),
+        |a| a["status"]["phase"] == "Bound",
+    )
+    .await;
+}

@@ -1049,13 +1049,13 @@ fn an_unannounced_service_says_why_for_every_reason() {
     let ns = guard.name.clone();
     let lease_name = format!("vipam-agent-{node}");
     let _ = cp.kubectl(&["delete", "lease", "-n", "vipam-system", &lease_name]);
+    // Waits for the reason and its message (a reason can stay while its message changes).
     let expect = |reason: &str, text: &str| {
         let (_, message) = wait_for(
-            &format!("Announced=False reason {reason}"),
+            &format!("Announced=False reason {reason} saying {text:?}"),
             Duration::from_secs(30),
-            || announced(cp, &ns, "web").filter(|(r, _)| r == reason),
+            || announced(cp, &ns, "web").filter(|(r, m)| r == reason && m.contains(text)),
         );
-        assert!(message.contains(text), "{reason}: {message}");
         assert!(message.contains("203.0.113.60"), "{reason}: {message}");
     };
     let l2 = json!({"apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement",

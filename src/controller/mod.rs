@@ -6,9 +6,9 @@ pub mod clock;
 pub mod conditions;
 pub mod explain;
 pub mod lease;
+pub mod objects;
 pub mod placement;
 pub mod reconcile;
-pub mod services;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -331,7 +331,7 @@ impl Reconcilers {
             )
             .with_placement(placement),
         );
-        let controller = services::ServiceController {
+        let controller = objects::ObjectControllers {
             reconciler: reconciler.clone(),
             caches: caches.clone(),
             services: services.clone(),
@@ -339,6 +339,7 @@ impl Reconcilers {
             services_listed: services_listed.clone(),
             placement_changes,
             leadership: gate.subscribe(),
+            allocations_leadership: gate.subscribe(),
             resync: settings.resync_interval,
             metrics: metrics.clone(),
         };

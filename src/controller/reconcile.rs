@@ -137,6 +137,15 @@ type AnnouncerChange = (
     Vec<ServiceRef>,
 );
 
+/// What one allocation's status lacks (see [`Reconciler::allocation_change`]).
+struct AllocationChange {
+    name: String,
+    set_phase: bool,
+    wanted: Vec<Wanted>,
+    existing: Vec<Condition>,
+    services: Vec<ServiceRef>,
+}
+
 /// One Service as read in a pass.
 struct Seen {
     service: Service,
@@ -309,15 +318,16 @@ impl Reconciler {
         }
     }
 
-    /// One reconciliation of everything, Services included; writes only what differs. The
-    /// running controller reconciles Services one by one instead ([`Reconciler::reconcile_one`])
-    /// beside [`Reconciler::global_pass`]; tests and benchmarks use this.
+    /// One reconciliation of everything, Services and IPAllocations included; writes only what
+    /// differs. The running controller reconciles each Service ([`Reconciler::reconcile_one`])
+    /// and each IPAllocation ([`Reconciler::reconcile_allocation`]) on its own instead, beside
+    /// [`Reconciler::global_pass`]; tests and benchmarks use this.
     pub async fn pass(&self) -> PassReport {
         self.run_pass(true).await
     }
 
     /// What spans objects: Services that went away leave their addresses, sticky reservations
-    /// expire, IPAllocation status, announcement Events, IPPool and L2Announcement status.
+    /// expire, IPPool and L2Announcement status.
     pub async fn global_pass(&self) -> PassReport {
         self.run_pass(false).await
     }
@@ -395,7 +405,7 @@ impl Reconciler {
         explain::unserved(placement, &allocations, &services, &l2)
     }
 
-    async fn run_pass(&self, with_services: bool) -> PassReport {
+    async fn run_pass(&self, with_objects: bool) -> PassReport {
         let mut report = PassReport::default();
         if !self.gate.is_leader() {
             report.not_leader = true;
@@ -428,12 +438,12 @@ impl Reconciler {
                 let millis = at.saturating_mul(1000) - self.clock.now_millis() + 50;
                 std::time::Duration::from_millis(millis.max(0) as u64)
             });
-        let unserved = if with_services {
+        let unserved = if with_objects {
             self.unserved(&seen)
         } else {
             BTreeMap::new()
         };
-        for (service, item) in seen.iter().filter(|_| with_services) {
+        for (service, item) in seen.iter().filter(|_| with_objects) {
             if let Err(err) = self
                 .reconcile_service(service, item, &unserved, &ctx, &mut report)
                 .await
@@ -441,76 +451,100 @@ impl Reconciler {
                 report.failed(&err);
             }
         }
-        self.allocation_status(&ctx, &mut report).await;
-        self.announcements(&mut report).await;
+        if with_objects {
+            self.allocation_status(&ctx, &mut report).await;
+            self.announcements(&mut report).await;
+        }
+        // Addresses gone need no memory of their announcer.
+        {
+            let state = self.caches.ledger.lock();
+            let mut remembered = self.announcers.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(remembered) = remembered.as_mut() {
+                remembered.retain(|ip, _| state.ledger.get(ip).is_some_and(|e| !e.is_released()));
+            }
+        }
         self.pool_status(&ctx, &mut report).await;
         self.l2_status(&ctx, &mut report).await;
         report
     }
 
-    /// Events `Announced` and `AnnouncementMoved` on the Services of an address whose announcer
-    /// (written by agents in `IPAllocation.status.announcer`) appeared or changed node.
+    /// Events `Announced` and `AnnouncementMoved` on the Services of every bound address whose
+    /// announcer appeared or changed node.
     async fn announcements(&self, report: &mut PassReport) {
-        let current: BTreeMap<IpAddr, (String, String, Vec<ServiceRef>)> = {
+        let ips: Vec<IpAddr> = {
             let state = self.caches.ledger.lock();
             state
                 .ledger
                 .entries()
                 .filter(|e| !e.is_released())
-                .filter_map(|entry| {
-                    let announcer = state
-                        .objects
-                        .get(&entry.ip)?
-                        .status
-                        .as_ref()?
-                        .announcer
-                        .as_ref()?;
-                    let services = entry.members.iter().map(|m| m.service.clone()).collect();
-                    Some((
-                        entry.ip,
-                        (
-                            announcer.node.clone(),
-                            announcer.interface.clone(),
-                            services,
-                        ),
-                    ))
-                })
+                .map(|e| e.ip)
                 .collect()
         };
-        let changes: Vec<AnnouncerChange> = {
+        for ip in ips {
+            self.announcement(ip, report).await;
+        }
+    }
+
+    /// The announcer of the address at `ip`: who announces it (`IPAllocation.status.announcer`,
+    /// written by agents) and the Services on it.
+    fn announcer_of(
+        state: &crate::cache::LedgerState,
+        ip: &IpAddr,
+    ) -> (Option<(String, String)>, Vec<ServiceRef>) {
+        let Some(entry) = state.ledger.get(ip).filter(|e| !e.is_released()) else {
+            return (None, Vec::new());
+        };
+        let announcer = state
+            .objects
+            .get(ip)
+            .and_then(|o| o.status.as_ref())
+            .and_then(|s| s.announcer.as_ref())
+            .map(|a| (a.node.clone(), a.interface.clone()));
+        let services = entry.members.iter().map(|m| m.service.clone()).collect();
+        (announcer, services)
+    }
+
+    /// Event `Announced` or `AnnouncementMoved` on the Services of the address at `ip` when its
+    /// announcer appeared or changed node since this replica last looked. The first look as
+    /// leader only remembers every address's announcer (a restart or failover announces
+    /// nothing new).
+    async fn announcement(&self, ip: IpAddr, report: &mut PassReport) {
+        let change: Option<AnnouncerChange> = {
+            let state = self.caches.ledger.lock();
             let mut remembered = self.announcers.lock().unwrap_or_else(|p| p.into_inner());
-            let now: BTreeMap<IpAddr, (String, String)> = current
-                .iter()
-                .map(|(ip, (node, interface, _))| (*ip, (node.clone(), interface.clone())))
-                .collect();
-            let previous = remembered.replace(now);
-            let Some(previous) = previous else {
+            let Some(remembered) = remembered.as_mut() else {
+                let all = state
+                    .ledger
+                    .entries()
+                    .filter_map(|e| Some((e.ip, Self::announcer_of(&state, &e.ip).0?)))
+                    .collect();
+                *remembered = Some(all);
                 return;
             };
-            current
-                .into_iter()
-                .filter_map(|(ip, (node, interface, services))| {
-                    let before = previous.get(&ip).cloned();
-                    let moved = before.as_ref().is_none_or(|(n, _)| *n != node);
-                    moved.then_some((ip, before, (node, interface), services))
-                })
-                .collect()
-        };
-        for (ip, before, (node, interface), services) in changes {
-            let (reason, note) = match before {
-                None => (
-                    "Announced",
-                    format!("{ip} is announced by node {node} on {interface}"),
-                ),
-                Some((old_node, _)) => (
-                    "AnnouncementMoved",
-                    format!("{ip} moved from node {old_node} to node {node} ({interface})"),
-                ),
+            let (now, services) = Self::announcer_of(&state, &ip);
+            let before = match &now {
+                Some(now) => remembered.insert(ip, now.clone()),
+                None => remembered.remove(&ip),
             };
-            for service in &services {
-                self.event(report, service, false, reason, note.clone())
-                    .await;
-            }
+            now.filter(|(node, _)| before.as_ref().is_none_or(|(n, _)| n != node))
+                .map(|now| (ip, before, now, services))
+        };
+        let Some((ip, before, (node, interface), services)) = change else {
+            return;
+        };
+        let (reason, note) = match before {
+            None => (
+                "Announced",
+                format!("{ip} is announced by node {node} on {interface}"),
+            ),
+            Some((old_node, _)) => (
+                "AnnouncementMoved",
+                format!("{ip} moved from node {old_node} to node {node} ({interface})"),
+            ),
+        };
+        for service in &services {
+            self.event(report, service, false, reason, note.clone())
+                .await;
         }
     }
 
@@ -700,133 +734,167 @@ impl Reconciler {
     /// Bound allocations get `phase: Bound` (the webhook creates them without status), and
     /// those outside every pool are reported (condition + Event) and kept.
     async fn allocation_status(&self, ctx: &Context, report: &mut PassReport) {
-        struct Change {
-            name: String,
-            set_phase: bool,
-            wanted: Vec<Wanted>,
-            existing: Vec<Condition>,
-            services: Vec<ServiceRef>,
-        }
-        let changes: Vec<Change> = self.ledger.read(|snapshot| {
+        let changes: Vec<AllocationChange> = self.ledger.read(|snapshot| {
             snapshot
                 .ledger
                 .entries()
                 .filter(|e| !e.is_released())
-                .filter_map(|entry| {
-                    let object = snapshot.objects.get(&entry.ip)?;
-                    let status = object.status.clone().unwrap_or_default();
-                    let set_phase = status.phase != Some(AllocationPhase::Bound);
-                    let outside = snapshot.pools.pool_of(&entry.ip).is_none();
-                    let was_marked = status.conditions.iter().any(|c| c.type_ == ORPHANED);
-                    let orphaned = if outside {
-                        Some(Wanted::new(
-                            ORPHANED,
-                            true,
-                            "OutsidePools",
-                            format!(
-                                "{} lies outside every IPPool (it came from IPPool {}); it is \
-                                 kept for its Services, never renumbered: add it back to a \
-                                 pool, or pin the Services elsewhere",
-                                entry.ip, entry.pool
-                            ),
-                        ))
-                    } else if was_marked {
-                        Some(Wanted::new(
-                            ORPHANED,
-                            false,
-                            "InPool",
-                            "the address is in a pool again",
-                        ))
-                    } else {
-                        None
-                    }
-                    .filter(|w| !w.is_met_by(&status.conditions, None));
-                    let had_conflict = status
-                        .conditions
-                        .iter()
-                        .any(|c| c.type_ == ADDRESS_CONFLICT);
-                    let conflict = match &status.conflict {
-                        Some(c) => Some(Wanted::new(
-                            ADDRESS_CONFLICT,
-                            true,
-                            "AddressConflict",
-                            format!(
-                                "another host on the LAN (MAC {}) uses {}, found by node {} on \
-                                 interface {}; vipam does not announce it until that host stops \
-                                 (the agent probes again every 10 s)",
-                                c.mac, entry.ip, c.node, c.interface
-                            ),
-                        )),
-                        None if had_conflict => Some(Wanted::new(
-                            ADDRESS_CONFLICT,
-                            false,
-                            "NoConflict",
-                            "no other host on the LAN answers for the address",
-                        )),
-                        None => None,
-                    }
-                    .filter(|w| !w.is_met_by(&status.conditions, None));
-                    let wanted: Vec<Wanted> = orphaned.into_iter().chain(conflict).collect();
-                    if !set_phase && wanted.is_empty() {
-                        return None;
-                    }
-                    Some(Change {
-                        name: object.name_any(),
-                        set_phase,
-                        wanted,
-                        existing: status.conditions,
-                        services: entry.members.iter().map(|m| m.service.clone()).collect(),
-                    })
-                })
+                .filter_map(|entry| Self::allocation_change(entry, snapshot))
                 .collect()
         });
         for change in changes {
             if !self.gate.is_leader() {
                 return;
             }
-            let mut status = json!({});
-            if change.set_phase {
-                status["phase"] = json!("Bound");
-            }
-            if !change.wanted.is_empty() {
-                status["conditions"] = json!(conditions::merged(
-                    &change.wanted,
-                    &change.existing,
-                    None,
-                    ctx.now,
-                ));
-            }
-            let name = &change.name;
-            match self
-                .allocations
-                .patch_status(
-                    name,
-                    &patch_params(FIELD_MANAGER),
-                    &Patch::Merge(&json!({"status": status})),
-                )
-                .await
-            {
-                Ok(stored) => {
-                    report.writes += 1;
-                    self.caches.ledger.lock().apply(stored);
-                    for wanted in change.wanted.iter().filter(|w| w.status) {
-                        let reason = if wanted.type_ == ORPHANED {
-                            "Orphaned"
-                        } else {
-                            "AddressConflict"
-                        };
-                        for service in &change.services {
-                            self.event(report, service, true, reason, wanted.message.clone())
-                                .await;
-                        }
-                    }
-                }
-                Err(source) => report.failed(&ReconcileError::Api {
-                    what: format!("writing the status of IPAllocation {name}"),
-                    source,
-                }),
+            if let Err(err) = self.write_allocation(change, ctx, report).await {
+                report.failed(&err);
             }
         }
+    }
+
+    /// What the status of a bound allocation lacks: `phase: Bound`, `Orphaned` when it lies
+    /// outside every pool, `vipam.io/AddressConflict` from the agent's report.
+    fn allocation_change(
+        entry: &LedgerEntry,
+        snapshot: &crate::webhook::ledger::Snapshot<'_>,
+    ) -> Option<AllocationChange> {
+        let object = snapshot.objects.get(&entry.ip)?;
+        let status = object.status.clone().unwrap_or_default();
+        let set_phase = status.phase != Some(AllocationPhase::Bound);
+        let outside = snapshot.pools.pool_of(&entry.ip).is_none();
+        let was_marked = status.conditions.iter().any(|c| c.type_ == ORPHANED);
+        let orphaned = if outside {
+            Some(Wanted::new(
+                ORPHANED,
+                true,
+                "OutsidePools",
+                format!(
+                    "{} lies outside every IPPool (it came from IPPool {}); it is \
+                     kept for its Services, never renumbered: add it back to a \
+                     pool, or pin the Services elsewhere",
+                    entry.ip, entry.pool
+                ),
+            ))
+        } else if was_marked {
+            Some(Wanted::new(
+                ORPHANED,
+                false,
+                "InPool",
+                "the address is in a pool again",
+            ))
+        } else {
+            None
+        }
+        .filter(|w| !w.is_met_by(&status.conditions, None));
+        let had_conflict = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == ADDRESS_CONFLICT);
+        let conflict = match &status.conflict {
+            Some(c) => Some(Wanted::new(
+                ADDRESS_CONFLICT,
+                true,
+                "AddressConflict",
+                format!(
+                    "another host on the LAN (MAC {}) uses {}, found by node {} on \
+                     interface {}; vipam does not announce it until that host stops \
+                     (the agent probes again every 10 s)",
+                    c.mac, entry.ip, c.node, c.interface
+                ),
+            )),
+            None if had_conflict => Some(Wanted::new(
+                ADDRESS_CONFLICT,
+                false,
+                "NoConflict",
+                "no other host on the LAN answers for the address",
+            )),
+            None => None,
+        }
+        .filter(|w| !w.is_met_by(&status.conditions, None));
+        let wanted: Vec<Wanted> = orphaned.into_iter().chain(conflict).collect();
+        if !set_phase && wanted.is_empty() {
+            return None;
+        }
+        Some(AllocationChange {
+            name: object.name_any(),
+            set_phase,
+            wanted,
+            existing: status.conditions,
+            services: entry.members.iter().map(|m| m.service.clone()).collect(),
+        })
+    }
+
+    /// Writes one allocation's status change, then its Events.
+    async fn write_allocation(
+        &self,
+        change: AllocationChange,
+        ctx: &Context,
+        report: &mut PassReport,
+    ) -> Result<(), ReconcileError> {
+        self.ensure_leader()?;
+        let mut status = json!({});
+        if change.set_phase {
+            status["phase"] = json!("Bound");
+        }
+        if !change.wanted.is_empty() {
+            status["conditions"] = json!(conditions::merged(
+                &change.wanted,
+                &change.existing,
+                None,
+                ctx.now,
+            ));
+        }
+        let name = &change.name;
+        let stored = self
+            .allocations
+            .patch_status(
+                name,
+                &patch_params(FIELD_MANAGER),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await
+            .map_err(|source| ReconcileError::Api {
+                what: format!("writing the status of IPAllocation {name}"),
+                source,
+            })?;
+        report.writes += 1;
+        self.caches.ledger.lock().apply(stored);
+        for wanted in change.wanted.iter().filter(|w| w.status) {
+            let reason = if wanted.type_ == ORPHANED {
+                "Orphaned"
+            } else {
+                "AddressConflict"
+            };
+            for service in &change.services {
+                self.event(report, service, true, reason, wanted.message.clone())
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reconciles the IPAllocation `name` on its own: its status (phase, `Orphaned`,
+    /// `vipam.io/AddressConflict`) and the announcement Events on its Services. Released or
+    /// unknown allocations are the global pass's (expiry).
+    pub async fn reconcile_allocation(&self, name: &str) -> Result<PassReport, ReconcileError> {
+        let mut report = PassReport::default();
+        if !self.gate.is_leader() {
+            report.not_leader = true;
+            return Ok(report);
+        }
+        let Some(ip) = crate::core::names::allocation_ip(name) else {
+            return Ok(report);
+        };
+        let ctx = self.context();
+        let change = self.ledger.read(|snapshot| {
+            let entry = snapshot.ledger.get(&ip).filter(|e| !e.is_released())?;
+            Self::allocation_change(entry, snapshot)
+        });
+        if let Some(change) = change {
+            self.write_allocation(change, &ctx, &mut report).await?;
+        }
+        self.announcement(ip, &mut report).await;
+        Ok(report)
     }
 
     /// Allocates when needed, then brings the Service's status and conditions up to date.

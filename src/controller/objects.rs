@@ -1,13 +1,16 @@
-//! Each Service reconciled on its own: a kube-runtime `Controller` over the shared Service
-//! watch (malformed Services are skipped through `DeserializeGuard`), with a backoff per
-//! Service. A Service whose status write fails is retried after 1 s, 2 s, 4 s ... (at most
-//! [`MAX_BACKOFF`]) without delaying any other; the count starts again when the write succeeds
-//! or the Service changes.
+//! Each Service and each IPAllocation reconciled on its own: two kube-runtime `Controller`s
+//! over the shared watches (malformed objects are skipped through `DeserializeGuard`), with a
+//! backoff per object. An object whose write fails is retried after 1 s, 2 s, 4 s ... (at most
+//! [`MAX_BACKOFF`]) without delaying any other; the count starts again when it succeeds or the
+//! object changes.
 //!
 //! What triggers a Service: its own changes; a change of an IPAllocation it is on (created by
 //! the webhook, announced, in conflict, released); and, for every Service, a change of the
 //! IPPools or L2Announcements, of what decides whether a node may announce (the placement
 //! view), leadership gained, and every resync interval.
+//!
+//! What triggers an IPAllocation: its own changes; and, for every one, a change of the IPPools
+//! (an address outside every pool is `Orphaned`), leadership gained, and every resync interval.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +19,15 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Service;
-use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::reconcile::{ReconcileError, Reconciler};
+use super::reconcile::{PassReport, ReconcileError, Reconciler};
 use crate::admin::{Metrics, ReconcileLabel};
+use crate::api::IPAllocation;
 use crate::cache::Caches;
 use crate::core::category::Category;
 use crate::core::request::ServiceRef;
@@ -44,55 +48,82 @@ pub fn backoff(failures: u32) -> Duration {
 
 type Key = ObjectRef<DeserializeGuard<Service>>;
 
-struct Context {
+/// Failures in a row per object, with the resourceVersion they were seen at.
+type Failures<K> = HashMap<ObjectRef<K>, (Option<String>, u32)>;
+
+/// What one kind's controller shares between its reconciliations.
+struct Context<K: Resource<DynamicType = ()>> {
     reconciler: Arc<Reconciler>,
     metrics: Arc<Metrics>,
-    /// Failures in a row per Service, with the resourceVersion they were seen at.
-    failures: Mutex<HashMap<Key, (Option<String>, u32)>>,
+    failures: Mutex<Failures<K>>,
 }
 
-impl Context {
-    fn count(&self, result: &str) {
+impl<K: Resource<DynamicType = ()>> Context<K> {
+    fn new(reconciler: Arc<Reconciler>, metrics: Arc<Metrics>) -> Arc<Context<K>> {
+        Arc::new(Context {
+            reconciler,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts one reconciliation; a success forgets the object's failures.
+    fn finish(
+        &self,
+        object: &K,
+        result: Result<PassReport, ReconcileError>,
+    ) -> Result<Action, ReconcileError> {
+        let label = match &result {
+            Ok(report) if report.not_leader => return Ok(Action::await_change()),
+            Ok(_) => "ok",
+            Err(err) => err.category(),
+        };
         self.metrics
             .reconciles
             .get_or_create(&ReconcileLabel {
-                kind: "Service".into(),
-                result: result.into(),
+                kind: K::kind(&()).to_string(),
+                result: label.into(),
             })
             .inc();
+        result?;
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ObjectRef::from_obj(object));
+        Ok(Action::await_change())
     }
 }
 
-async fn reconcile(
+async fn reconcile_service(
     object: Arc<DeserializeGuard<Service>>,
-    ctx: Arc<Context>,
+    ctx: Arc<Context<DeserializeGuard<Service>>>,
 ) -> Result<Action, ReconcileError> {
     // A malformed Service was logged by the watch; it is never ours to write.
     let Ok(service) = &object.0 else {
         return Ok(Action::await_change());
     };
-    let report = match ctx.reconciler.reconcile_one(service).await {
-        Ok(report) => report,
-        Err(err) => {
-            ctx.count(err.category());
-            return Err(err);
-        }
-    };
-    if !report.not_leader {
-        ctx.count("ok");
-        let key = ObjectRef::from_obj(&*object);
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-    }
-    Ok(Action::await_change())
+    let result = ctx.reconciler.reconcile_one(service).await;
+    ctx.finish(&object, result)
 }
 
-fn error_policy(
-    object: Arc<DeserializeGuard<Service>>,
+async fn reconcile_allocation(
+    object: Arc<DeserializeGuard<IPAllocation>>,
+    ctx: Arc<Context<DeserializeGuard<IPAllocation>>>,
+) -> Result<Action, ReconcileError> {
+    if object.0.is_err() {
+        return Ok(Action::await_change());
+    }
+    let result = ctx
+        .reconciler
+        .reconcile_allocation(&object.name_any())
+        .await;
+    ctx.finish(&object, result)
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
     err: &ReconcileError,
-    ctx: Arc<Context>,
+    ctx: Arc<Context<K>>,
 ) -> Action {
     let key = ObjectRef::from_obj(&*object);
     let version = object.resource_version();
@@ -107,7 +138,7 @@ fn error_policy(
         entry.1
     };
     let wait = backoff(failures);
-    tracing::warn!(service = %key, error = %err, label = err.category(), failures, retry_in = ?wait, "reconciling a Service failed; retrying it alone");
+    tracing::warn!(object = %key, error = %err, label = err.category(), failures, retry_in = ?wait, "reconciling failed; retrying this object alone");
     Action::requeue(wait)
 }
 
@@ -142,7 +173,7 @@ fn touched(
 
 /// One item whenever every Service should be looked at: a counter in `counters` moved,
 /// leadership was gained, or `resync` passed.
-fn everything(
+fn everything_of(
     counters: Vec<Arc<AtomicU64>>,
     leadership: watch::Receiver<bool>,
     resync: Duration,
@@ -181,8 +212,8 @@ fn everything(
     )
 }
 
-/// What the Service controller needs.
-pub struct ServiceController {
+/// What the Service and IPAllocation controllers need.
+pub struct ObjectControllers {
     pub reconciler: Arc<Reconciler>,
     pub caches: Caches,
     pub services: Store<DeserializeGuard<Service>>,
@@ -193,11 +224,13 @@ pub struct ServiceController {
     /// Bumped by the placement view (nodes, agent Leases, endpoints).
     pub placement_changes: Arc<AtomicU64>,
     pub leadership: watch::Receiver<bool>,
+    /// The same, for the IPAllocation controller.
+    pub allocations_leadership: watch::Receiver<bool>,
     pub resync: Duration,
     pub metrics: Arc<Metrics>,
 }
 
-impl ServiceController {
+impl ObjectControllers {
     /// Runs until the task is dropped. Starts once every cache listed its objects: deciding
     /// earlier could allocate what the ledger already holds.
     pub async fn run(self) {
@@ -217,7 +250,7 @@ impl ServiceController {
         });
         let lagged = Arc::new(AtomicU64::new(0));
         let touched = touched(self.caches.touched.subscribe(), lagged.clone());
-        let everything = everything(
+        let everything = everything_of(
             vec![
                 self.caches.generation.clone(),
                 self.placement_changes,
@@ -226,20 +259,53 @@ impl ServiceController {
             self.leadership,
             self.resync,
         );
-        let context = Arc::new(Context {
-            reconciler: self.reconciler,
-            metrics: self.metrics,
-            failures: Mutex::new(HashMap::new()),
-        });
-        Controller::for_stream(applied, self.services)
-            // Bursts (a pool edit, a relist) are taken together, each Service once.
+        let services = Controller::for_stream(applied, self.services)
+            // Bursts (a pool edit, a relist) are taken together, each object once.
             .with_config(Config::default().debounce(Duration::from_millis(20)))
             .reconcile_all_on(everything)
             .reconcile_on(touched)
-            .run(reconcile, error_policy, context)
-            .for_each(|_| std::future::ready(()))
-            .await;
+            .run(
+                reconcile_service,
+                error_policy,
+                Context::new(self.reconciler.clone(), self.metrics.clone()),
+            )
+            .for_each(|_| std::future::ready(()));
+        let changed = changed_allocations(self.caches.allocations_changed.subscribe());
+        let all_allocations = everything_of(
+            vec![self.caches.generation.clone()],
+            self.allocations_leadership,
+            self.resync,
+        );
+        // The allocations' own trigger is `changed` (the ledger watch feeds the store).
+        let allocations =
+            Controller::for_stream(stream::pending(), self.caches.allocations.clone())
+                .with_config(Config::default().debounce(Duration::from_millis(20)))
+                .reconcile_all_on(all_allocations)
+                .reconcile_on(changed)
+                .run(
+                    reconcile_allocation,
+                    error_policy,
+                    Context::new(self.reconciler, self.metrics),
+                )
+                .for_each(|_| std::future::ready(()));
+        futures::join!(services, allocations);
     }
+}
+
+/// The allocations the ledger watch saw change.
+fn changed_allocations(
+    receiver: broadcast::Receiver<String>,
+) -> impl Stream<Item = ObjectRef<DeserializeGuard<IPAllocation>>> + Send {
+    stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(name) => return Some((ObjectRef::new(&name), receiver)),
+                // The resync (and every pool change) reconciles them all anyway.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 #[cfg(test)]
