@@ -5,8 +5,9 @@
 //! - `pass`: caches, Service watch and one inline pass over everything as leader
 //!   (`Reconciler::pass`, what the tests use); steady state when a second pass writes nothing;
 //! - `controller`: the running controller (`Reconcilers::spawn`: leader election, the Service
-//!   controller reconciling each Service on its own, the global pass); steady state when every
-//!   Service was reconciled and no write came for 300 ms (not counted in the time).
+//!   and IPAllocation controllers reconciling each object on its own, the global pass); steady
+//!   state when every Service and every IPAllocation was reconciled and no write came for
+//!   300 ms (not counted in the time).
 //!
 //! The table shows the time to steady state and the API writes (Events and the leader Lease
 //! excluded). Goal: zero writes when everything is correct, only changed objects written
@@ -150,10 +151,12 @@ fn state_id() -> usize {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-fn service_reconciles(metrics: &Metrics) -> u64 {
+/// Reconciliations of `kind` so far (any result).
+fn reconciles(metrics: &Metrics, kind: &str) -> u64 {
     let text = metrics.encode();
+    let prefix = format!("vipam_controller_reconciles_total{{kind=\"{kind}\"");
     text.lines()
-        .filter(|l| l.starts_with("vipam_controller_reconciles_total{kind=\"Service\""))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -193,7 +196,10 @@ async fn cold_start_controller(fake: &FakeApi, state: &'static str) -> Row {
         if now != last_writes {
             (last_writes, last_change) = (now, Instant::now());
         }
-        if all_reconciled.is_none() && service_reconciles(&metrics) >= SERVICES as u64 {
+        if all_reconciled.is_none()
+            && reconciles(&metrics, "Service") >= SERVICES as u64
+            && reconciles(&metrics, "IPAllocation") >= SERVICES as u64
+        {
             all_reconciled = Some(Instant::now());
         }
         if let Some(done) = all_reconciled
@@ -222,6 +228,13 @@ async fn cold_start_controller(fake: &FakeApi, state: &'static str) -> Row {
             .or_default() += 1;
     }
     eprintln!("controller, {state}: writes by kind {kinds:?}");
+    for line in metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("vipam_controller_reconciles_total"))
+    {
+        eprintln!("  {line}");
+    }
     Row {
         how: "controller",
         state,

@@ -171,19 +171,21 @@ fn touched(
     })
 }
 
-/// One item whenever every Service should be looked at: a counter in `counters` moved,
-/// leadership was gained, or `resync` passed.
+/// One item whenever every object should be looked at: at once when this replica already
+/// leads as the stream starts (it may have won the election before anyone listened), then
+/// whenever a counter in `counters` moves, leadership is gained, or `resync` passes.
 fn everything_of(
     counters: Vec<Arc<AtomicU64>>,
-    leadership: watch::Receiver<bool>,
+    mut leadership: watch::Receiver<bool>,
     resync: Duration,
 ) -> impl Stream<Item = ()> + Send {
     let read = |counters: &[Arc<AtomicU64>]| -> Vec<u64> {
         counters.iter().map(|c| c.load(Ordering::Acquire)).collect()
     };
     let seen = read(&counters);
+    let leading_already = *leadership.borrow_and_update();
     let deadline = tokio::time::Instant::now() + resync;
-    stream::unfold(
+    let later = stream::unfold(
         (counters, seen, leadership, deadline),
         move |(counters, mut seen, mut leadership, mut deadline)| async move {
             loop {
@@ -209,7 +211,8 @@ fn everything_of(
             deadline = tokio::time::Instant::now() + resync;
             Some(((), (counters, seen, leadership, deadline)))
         },
-    )
+    );
+    stream::iter(leading_already.then_some(())).chain(later)
 }
 
 /// What the Service and IPAllocation controllers need.
@@ -270,9 +273,13 @@ impl ObjectControllers {
                 Context::new(self.reconciler.clone(), self.metrics.clone()),
             )
             .for_each(|_| std::future::ready(()));
-        let changed = changed_allocations(self.caches.allocations_changed.subscribe());
+        let allocations_lagged = Arc::new(AtomicU64::new(0));
+        let changed = changed_allocations(
+            self.caches.allocations_changed.subscribe(),
+            allocations_lagged.clone(),
+        );
         let all_allocations = everything_of(
-            vec![self.caches.generation.clone()],
+            vec![self.caches.generation.clone(), allocations_lagged],
             self.allocations_leadership,
             self.resync,
         );
@@ -292,17 +299,23 @@ impl ObjectControllers {
     }
 }
 
-/// The allocations the ledger watch saw change.
+/// The allocations the ledger watch saw change. A reader that fell behind reconciles every
+/// allocation instead (`lagged` is bumped).
 fn changed_allocations(
     receiver: broadcast::Receiver<String>,
+    lagged: Arc<AtomicU64>,
 ) -> impl Stream<Item = ObjectRef<DeserializeGuard<IPAllocation>>> + Send {
-    stream::unfold(receiver, |mut receiver| async move {
-        loop {
-            match receiver.recv().await {
-                Ok(name) => return Some((ObjectRef::new(&name), receiver)),
-                // The resync (and every pool change) reconciles them all anyway.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+    stream::unfold(receiver, move |mut receiver| {
+        let lagged = lagged.clone();
+        async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(name) => return Some((ObjectRef::new(&name), receiver)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        lagged.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
             }
         }
     })
