@@ -266,13 +266,13 @@ async fn clock_skew_neither_steals_a_live_lease_nor_delays_a_takeover() {
     eprintln!("takeover by {new} after {:?}", killed.elapsed());
 }
 
-/// PATCHes of `name`'s status so far.
-fn status_writes(fake: &FakeApi, name: &str) -> usize {
+/// PATCHes of the status of `resource` `name` so far.
+fn status_writes(fake: &FakeApi, resource: &str, name: &str) -> usize {
     fake.requests()
         .iter()
         .filter(|r| {
             r.verb == Verb::Patch
-                && r.resource == "services"
+                && r.resource == resource
                 && r.subresource.as_deref() == Some("status")
                 && r.name.as_deref() == Some(name)
         })
@@ -317,12 +317,12 @@ async fn a_service_whose_status_write_fails_is_retried_alone_with_a_growing_back
     // a retry every second would make 10 attempts; the backoff makes 4 or 5 (its IPAllocation's
     // creation triggers one at once, then 2 s, 4 s and 8 s apart, from the second failure on).
     wait_for("the first attempt", Duration::from_secs(3), || {
-        status_writes(&fake, "broken") >= 1
+        status_writes(&fake, "services", "broken") >= 1
     })
     .await;
     let first = Instant::now();
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(first.elapsed())).await;
-    let attempts = status_writes(&fake, "broken");
+    let attempts = status_writes(&fake, "services", "broken");
     assert!(
         (3..=5).contains(&attempts),
         "{attempts} status writes of the failing Service in 10 s"
@@ -362,19 +362,6 @@ fn allocation(ip: &str, service: &str) -> Value {
     })
 }
 
-/// PATCHes of the IPAllocation `name`'s status so far.
-fn allocation_status_writes(fake: &FakeApi, name: &str) -> usize {
-    fake.requests()
-        .iter()
-        .filter(|r| {
-            r.verb == Verb::Patch
-                && r.resource == "ipallocations"
-                && r.subresource.as_deref() == Some("status")
-                && r.name.as_deref() == Some(name)
-        })
-        .count()
-}
-
 #[tokio::test]
 async fn an_allocation_whose_status_write_fails_is_retried_alone_with_a_growing_backoff() {
     let fake = fake_with_pool();
@@ -407,13 +394,13 @@ async fn an_allocation_whose_status_write_fails_is_retried_alone_with_a_growing_
     )
     .await;
     wait_for("the first attempt", Duration::from_secs(3), || {
-        allocation_status_writes(&fake, "v4-192-0-2-5") >= 1
+        status_writes(&fake, "ipallocations", "v4-192-0-2-5") >= 1
     })
     .await;
     let first = Instant::now();
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(first.elapsed())).await;
     // 1 s, 2 s, 4 s apart: attempts at 0, 1, 3 and 7 s; a retry every second would make 10.
-    let attempts = allocation_status_writes(&fake, "v4-192-0-2-5");
+    let attempts = status_writes(&fake, "ipallocations", "v4-192-0-2-5");
     assert!(
         (3..=5).contains(&attempts),
         "{attempts} status writes of the failing IPAllocation in 10 s"
