@@ -34,6 +34,20 @@ use crate::core::request::ServiceRef;
 
 /// The longest wait before a failing Service is tried again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How many objects of one kind are reconciled at once. Unbounded, a burst (500 Services
+/// created together) sent hundreds of status writes at the API server at once, beside the
+/// admissions it must answer within their 5 s webhook timeout; a few at a time keep one slow
+/// write from holding up the others without flooding the server.
+const CONCURRENCY: u16 = 4;
+
+/// The controllers' settings: bursts (a pool edit, a relist) are taken together (20 ms), each
+/// object once, [`CONCURRENCY`] at a time.
+fn config() -> Config {
+    Config::default()
+        .debounce(Duration::from_millis(20))
+        .concurrency(CONCURRENCY)
+}
+
 /// How long the first reconciliations wait for the placement view to list its objects.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(10);
 /// How often the change counters are looked at.
@@ -263,8 +277,7 @@ impl ObjectControllers {
             self.resync,
         );
         let services = Controller::for_stream(applied, self.services)
-            // Bursts (a pool edit, a relist) are taken together, each object once.
-            .with_config(Config::default().debounce(Duration::from_millis(20)))
+            .with_config(config())
             .reconcile_all_on(everything)
             .reconcile_on(touched)
             .run(
@@ -286,7 +299,7 @@ impl ObjectControllers {
         // The allocations' own trigger is `changed` (the ledger watch feeds the store).
         let allocations =
             Controller::for_stream(stream::pending(), self.caches.allocations.clone())
-                .with_config(Config::default().debounce(Duration::from_millis(20)))
+                .with_config(config())
                 .reconcile_all_on(all_allocations)
                 .reconcile_on(changed)
                 .run(
