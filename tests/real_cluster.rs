@@ -1112,5 +1112,23 @@ fn an_unannounced_service_says_why_for_every_reason() {
 
     let _ = cp.kubectl(&["delete", "lease", "-n", "vipam-system", &lease_name]);
     expect("NoLiveAgent", "t-why-node: no live vipam agent Lease");
+    // Each reason also came as a Warning Event on the Service (invariant 6).
+    let events = get_json(cp, &["get", "events.events.k8s.io", "-n", &ns]);
+    let warned: BTreeSet<String> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["regarding"]["name"] == "web" && e["type"] == "Warning")
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect();
+    for reason in [
+        "NoNodeSelected",
+        "NoLiveAgent",
+        "NoUsableInterface",
+        "NoReadyEndpoint",
+        "NodesExcluded",
+    ] {
+        assert!(warned.contains(reason), "no {reason} Event: {warned:?}");
+    }
     v.assert_no_forbidden();
 }

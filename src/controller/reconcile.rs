@@ -1202,6 +1202,18 @@ impl Reconciler {
             )
             .await;
         }
+        // Nothing may announce the address: a Warning Event beside the condition, once per
+        // new reason or message. Pending is no fault, and a conflict has its own Event.
+        let announced = wanted.iter().find(|w| w.type_ == ANNOUNCED);
+        if let Some(announced) = announced
+            && !announced.status
+            && !announced.is_met_by(&existing, generation)
+            && !matches!(announced.reason.as_str(), "Pending" | "AddressConflict")
+        {
+            let reason = announced.reason.clone();
+            self.event(report, service, true, &reason, announced.message.clone())
+                .await;
+        }
         if ingress_changed && let Some(ips) = &ips {
             let note = format!("assigned {}", format_ip_list(ips));
             self.event(report, service, false, "IPAllocated", note)
