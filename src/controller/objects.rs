@@ -50,6 +50,8 @@ fn config() -> Config {
 
 /// How long the first reconciliations wait for the placement view to list its objects.
 const PLACEMENT_WAIT: Duration = Duration::from_secs(10);
+/// The shortest time between two reconciliations of everything.
+const MIN_GAP: Duration = Duration::from_secs(2);
 /// How often the change counters are looked at.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -202,6 +204,10 @@ fn everything_of(
     let later = stream::unfold(
         (counters, seen, leadership, deadline),
         move |(counters, mut seen, mut leadership, mut deadline)| async move {
+            // At most one "everything" per MIN_GAP: during a burst (hundreds of Services and
+            // their EndpointSlices created at once) the counters move all the time, and
+            // reconciling every object each time crowded out the webhook's admissions.
+            tokio::time::sleep(MIN_GAP).await;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {
