@@ -4,6 +4,7 @@
 //! time and identity are passed in, never read.
 
 pub mod allocate;
+pub mod bgp;
 pub mod category;
 pub mod election;
 pub mod lifecycle;
