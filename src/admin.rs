@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 /// Labels of `vipam_admissions_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
-    /// `service`, `ippool` or `l2announcement`.
+    /// `service`, `ippool`, `l2announcement`, `bgppeer` or `bgpannouncement`.
     pub webhook: String,
     /// `allowed` or `denied`.
     pub result: String,

@@ -1,6 +1,7 @@
 //! In-memory views of vipam's objects, tolerant of malformed objects.
 //!
-//! Every webhook replica keeps IPPools and L2Announcements in reflector stores, and the ledger
+//! Every webhook replica keeps IPPools, L2Announcements, BGPPeers and BGPAnnouncements in
+//! reflector stores, and the ledger
 //! (IPAllocations) as a live [`Ledger`] updated per watch event, so an admission costs
 //! O(log n) in the ledger's size instead of a rebuild. A malformed object is logged and skipped;
 //! it never stops the watch (DESIGN invariant 7).
@@ -21,7 +22,9 @@ use tokio::sync::broadcast;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::api::{IPAllocation, IPPool, L2Announcement, allocation_entry};
+use crate::api::{
+    BGPAnnouncement, BGPPeer, IPAllocation, IPPool, L2Announcement, allocation_entry,
+};
 use crate::core::allocate::Ledger;
 use crate::core::category::Category;
 use crate::core::names::allocation_ip;
@@ -121,8 +124,10 @@ impl LiveLedger {
 pub struct Caches {
     pub pools: Store<DeserializeGuard<IPPool>>,
     pub l2announcements: Store<DeserializeGuard<L2Announcement>>,
+    pub bgp_peers: Store<DeserializeGuard<BGPPeer>>,
+    pub bgp_announcements: Store<DeserializeGuard<BGPAnnouncement>>,
     pub ledger: LiveLedger,
-    /// Bumped when a pool's or L2Announcement's spec changes, one appears or goes, or their
+    /// Bumped when a pool's, L2Announcement's, BGPPeer's or BGPAnnouncement's spec changes, one appears or goes, or their
     /// watch lists again (derived data is rebuilt only then).
     pub generation: Arc<AtomicU64>,
     /// Bumped when what the agents report on an allocation (`status.announcer`,
@@ -145,6 +150,8 @@ pub struct Caches {
 pub struct CacheWriters {
     pub pools: reflector::store::Writer<DeserializeGuard<IPPool>>,
     pub l2announcements: reflector::store::Writer<DeserializeGuard<L2Announcement>>,
+    pub bgp_peers: reflector::store::Writer<DeserializeGuard<BGPPeer>>,
+    pub bgp_announcements: reflector::store::Writer<DeserializeGuard<BGPAnnouncement>>,
     pub allocations: reflector::store::Writer<DeserializeGuard<IPAllocation>>,
 }
 
@@ -166,11 +173,15 @@ impl Caches {
     pub fn new() -> (Caches, CacheWriters) {
         let (pools, pool_writer) = reflector::store();
         let (l2announcements, l2_writer) = reflector::store();
+        let (bgp_peers, bgp_peer_writer) = reflector::store();
+        let (bgp_announcements, bgp_announcement_writer) = reflector::store();
         let (allocations, allocation_writer) = reflector::store();
         (
             Caches {
                 pools,
                 l2announcements,
+                bgp_peers,
+                bgp_announcements,
                 ledger: LiveLedger::default(),
                 generation: Arc::new(AtomicU64::new(0)),
                 reports: Arc::new(AtomicU64::new(0)),
@@ -183,6 +194,8 @@ impl Caches {
             CacheWriters {
                 pools: pool_writer,
                 l2announcements: l2_writer,
+                bgp_peers: bgp_peer_writer,
+                bgp_announcements: bgp_announcement_writer,
                 allocations: allocation_writer,
             },
         )
@@ -222,9 +235,27 @@ impl Caches {
             spec_fingerprint::<L2Announcement>,
             bump(&caches.generation),
         );
+        spawn_watched(
+            Api::<DeserializeGuard<BGPPeer>>::all(client.clone()),
+            writers.bgp_peers,
+            watcher::Config::default(),
+            |_| {},
+            spec_fingerprint::<BGPPeer>,
+            bump(&caches.generation),
+        );
+        spawn_watched(
+            Api::<DeserializeGuard<BGPAnnouncement>>::all(client.clone()),
+            writers.bgp_announcements,
+            watcher::Config::default(),
+            |_| {},
+            spec_fingerprint::<BGPAnnouncement>,
+            bump(&caches.generation),
+        );
         spawn_ledger_watch(client, caches.clone(), writers.allocations);
         let _ = caches.pools.wait_until_ready().await;
         let _ = caches.l2announcements.wait_until_ready().await;
+        let _ = caches.bgp_peers.wait_until_ready().await;
+        let _ = caches.bgp_announcements.wait_until_ready().await;
         while !caches.ledger_synced.load(Ordering::Acquire) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

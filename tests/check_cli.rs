@@ -232,7 +232,7 @@ fn warnings_pass_unless_strict() {
     let stream = "apiVersion: vipam.io/v1alpha1\nkind: IPPool\nmetadata: {name: lonely}\nspec:\n  blocks: [{cidr: 192.0.2.0/28}]\n";
     let out = vipam(&["check", "-"], Some(stream));
     assert_eq!(out.status.code(), Some(0));
-    assert!(stdout(&out).contains("warning[pool_not_announced]: <stdin>:1 (document 1): IPPool lonely is covered by no L2Announcement"));
+    assert!(stdout(&out).contains("warning[pool_not_announced]: <stdin>:1 (document 1): IPPool lonely is covered by no L2Announcement or BGPAnnouncement"));
     let out = vipam(&["check", "--strict", "-"], Some(stream));
     assert_eq!(out.status.code(), Some(1));
 }

@@ -72,6 +72,8 @@ fn crds_are_structural_and_carry_status_and_columns() {
             "IPPool" => &["Blocks", "Allocated", "Available", "Conflict", "Age"],
             "IPAllocation" => &["IP", "Pool", "Services", "Node", "Phase", "Age"],
             "L2Announcement" => &["Pools", "Mode", "Age"],
+            "BGPPeer" => &["Peer", "Peer ASN", "My ASN", "Established", "Ready", "Age"],
+            "BGPAnnouncement" => &["Pools", "Peers", "Ready", "Age"],
             other => panic!("unexpected CRD {other}"),
         };
         assert_eq!(columns, wanted, "{name}");
@@ -92,6 +94,11 @@ fn crd_defaults_and_rules() {
         "has(self.cidr) != has(self.start)",
         "self == oldSelf",
         r#""enum":["arp","address"]"#,
+        r#""peerPort":{"default":179"#,
+        r#""holdTime":{"default":"9s""#,
+        r#""gracefulRestart":{"default":true"#,
+        r#""aggregationLength":{"default":32"#,
+        r#""aggregationLengthV6":{"default":128"#,
     ] {
         assert!(json.contains(needle), "CRDs lack {needle}");
     }

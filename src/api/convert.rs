@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::types::*;
 use crate::core::allocate::{LedgerEntry, Member};
+use crate::core::bgp::config as bgp;
 use crate::core::names::{allocation_ip, allocation_name};
 use crate::core::pool::{BlockSpec, PoolSpec};
 use crate::core::request::{CrossNamespace, PortKey, ServiceRef, ServiceView};
@@ -237,6 +238,95 @@ pub fn allocation_object(entry: &LedgerEntry) -> IPAllocation {
             released_at: entry.released_at.map(time_from_seconds),
             ..IPAllocationStatus::default()
         }),
+    }
+}
+
+/// Converts a selector, recording a problem under `field` when it is invalid.
+fn selector_field(
+    field: &str,
+    selector: &Option<LabelSelector>,
+    problems: &mut Vec<String>,
+) -> Option<selector::LabelSelector> {
+    match selector.as_ref().map(selector_of).transpose() {
+        Ok(selector) => selector,
+        Err(err) => {
+            problems.push(format!("{field}: {err}"));
+            None
+        }
+    }
+}
+
+/// A BGPPeer as the speaker needs it; `Err` lists every problem with its field path.
+pub fn bgp_peer(peer: &BGPPeer) -> Result<bgp::Peer, ConvertError> {
+    let name = peer.metadata.name.clone().unwrap_or_default();
+    let mut problems = Vec::new();
+    let node_selector =
+        selector_field("spec.nodeSelector", &peer.spec.node_selector, &mut problems);
+    let spec = &peer.spec;
+    let parsed = bgp::Peer::parse(bgp::PeerSpec {
+        name: name.clone(),
+        peer_address: spec.peer_address.clone(),
+        peer_asn: spec.peer_asn,
+        my_asn: spec.my_asn,
+        peer_port: spec.peer_port,
+        source_address: spec.source_address.clone(),
+        hold_time: spec.hold_time.clone(),
+        keepalive_time: spec.keepalive_time.clone(),
+        ebgp_multi_hop: spec.ebgp_multi_hop,
+        password_secret_ref: spec
+            .password_secret_ref
+            .as_ref()
+            .map(|r| (r.namespace.clone(), r.name.clone(), r.key.clone())),
+        node_selector,
+        graceful_restart: spec.graceful_restart,
+    });
+    match parsed {
+        Ok(parsed) if problems.is_empty() => Ok(parsed),
+        Ok(_) => Err(problems_error("BGPPeer", name, problems)),
+        Err(more) => {
+            problems.extend(more);
+            Err(problems_error("BGPPeer", name, problems))
+        }
+    }
+}
+
+/// A BGPAnnouncement as the speaker needs it; `Err` lists every problem with its field path.
+pub fn bgp_announcement(announcement: &BGPAnnouncement) -> Result<bgp::Announcement, ConvertError> {
+    let name = announcement.metadata.name.clone().unwrap_or_default();
+    let spec = &announcement.spec;
+    let mut problems = Vec::new();
+    let service_selector = selector_field(
+        "spec.serviceSelector",
+        &spec.service_selector,
+        &mut problems,
+    );
+    let node_selector = selector_field("spec.nodeSelector", &spec.node_selector, &mut problems);
+    let parsed = bgp::Announcement::parse(bgp::AnnouncementSpec {
+        name: name.clone(),
+        ip_pools: spec.ip_pools.clone(),
+        service_selector,
+        node_selector,
+        peers: spec.peers.clone(),
+        communities: spec.communities.clone(),
+        local_pref: spec.local_pref,
+        aggregation_length: spec.aggregation_length,
+        aggregation_length_v6: spec.aggregation_length_v6,
+    });
+    match parsed {
+        Ok(parsed) if problems.is_empty() => Ok(parsed),
+        Ok(_) => Err(problems_error("BGPAnnouncement", name, problems)),
+        Err(more) => {
+            problems.extend(more);
+            Err(problems_error("BGPAnnouncement", name, problems))
+        }
+    }
+}
+
+fn problems_error(kind: &'static str, name: String, problems: Vec<String>) -> ConvertError {
+    ConvertError {
+        kind,
+        name,
+        message: problems.join("; "),
     }
 }
 

@@ -8,8 +8,8 @@ mod types;
 pub mod view;
 
 pub use convert::{
-    ConvertError, LabelSelectorExt, allocation_entry, allocation_object, l2_pool_names, pool_spec,
-    service_view, time_from_seconds,
+    ConvertError, LabelSelectorExt, allocation_entry, allocation_object, bgp_announcement,
+    bgp_peer, l2_pool_names, pool_spec, service_view, time_from_seconds,
 };
 pub use types::*;
 
@@ -58,7 +58,13 @@ pub fn patch_params(manager: &str) -> kube::api::PatchParams {
 }
 
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![IPPool::crd(), IPAllocation::crd(), L2Announcement::crd()]
+    vec![
+        IPPool::crd(),
+        IPAllocation::crd(),
+        L2Announcement::crd(),
+        BGPPeer::crd(),
+        BGPAnnouncement::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream (what `vipam crds` prints).

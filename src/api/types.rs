@@ -272,3 +272,183 @@ pub struct L2AnnouncementStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+fn default_bgp_port() -> u16 {
+    179
+}
+
+fn default_hold_time() -> String {
+    "9s".to_string()
+}
+
+/// A BGP router the nodes' agents peer with (announce-only: nothing is learned from it).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vipam.io",
+    version = "v1alpha1",
+    kind = "BGPPeer",
+    doc = "A BGP router the nodes' agents peer with to announce LoadBalancer addresses.",
+    plural = "bgppeers",
+    singular = "bgppeer",
+    shortname = "bgpp",
+    status = "BGPPeerStatus",
+    printcolumn = r#"{"name":"Peer","type":"string","jsonPath":".spec.peerAddress"}"#,
+    printcolumn = r#"{"name":"Peer ASN","type":"integer","jsonPath":".spec.peerASN"}"#,
+    printcolumn = r#"{"name":"My ASN","type":"integer","jsonPath":".spec.myASN"}"#,
+    printcolumn = r#"{"name":"Established","type":"string","jsonPath":".status.established"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPPeerSpec {
+    /// The router's address (IPv4 or IPv6). Each selected node's agent connects to it.
+    pub peer_address: String,
+    /// The router's AS number (1 to 4294967295; 4-byte ASNs are supported).
+    #[serde(rename = "peerASN")]
+    #[schemars(range(min = 1, max = 4294967295u32))]
+    pub peer_asn: u32,
+    /// The nodes' AS number. Equal to peerASN: an internal (iBGP) session.
+    #[serde(rename = "myASN")]
+    #[schemars(range(min = 1, max = 4294967295u32))]
+    pub my_asn: u32,
+    /// The router's TCP port.
+    #[serde(default = "default_bgp_port")]
+    #[schemars(range(min = 1))]
+    pub peer_port: u16,
+    /// The local address to connect from (default: chosen by the node's routing table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
+    /// Hold time proposed to the router (`9s`, `90s`, `1m30s`; 0 or 3s to 65535s). The
+    /// session uses the smaller of the two proposals; a crashed node's routes are dropped by
+    /// the router when it expires.
+    #[serde(default = "default_hold_time")]
+    pub hold_time: String,
+    /// Interval between KEEPALIVEs (default: a third of the negotiated hold time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_time: Option<String>,
+    /// TTL of the session's packets for a router more than one hop away (eBGP multihop,
+    /// 1 to 255). Default: 1 for eBGP, 64 for iBGP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ebgp_multi_hop: Option<u8>,
+    /// The TCP MD5 password (RFC 2385), read from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Which nodes peer with the router (default: every node with an agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Advertise graceful restart (RFC 4724): the router keeps a restarting agent's routes
+    /// for 120 s, until the agent has sent them again.
+    #[serde(default = "default_true")]
+    pub graceful_restart: bool,
+}
+
+/// A key of a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct SecretKeyRef {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+/// What the controller observed about a BGPPeer, and the sessions the agents report.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPPeerStatus {
+    /// Sessions Established out of sessions wanted, for `kubectl get` (`2/3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established: Option<String>,
+    /// One entry per node that peers with the router, as its agent last reported it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<BGPSessionStatus>,
+    /// `Ready`, or why the spec is invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One node's session with a router.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPSessionStatus {
+    pub node: String,
+    /// Idle, Connect, Active, OpenSent, OpenConfirm or Established.
+    pub state: String,
+    /// When the session entered this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// Prefixes announced on the session.
+    #[serde(default)]
+    pub prefixes_sent: u32,
+    /// Why the session last failed, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+fn default_aggregation_v4() -> u8 {
+    32
+}
+
+fn default_aggregation_v6() -> u8 {
+    128
+}
+
+/// Which addresses are announced by BGP, from which nodes, to which routers.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vipam.io",
+    version = "v1alpha1",
+    kind = "BGPAnnouncement",
+    doc = "Which LoadBalancer addresses are announced by BGP, from which nodes, to which routers.",
+    plural = "bgpannouncements",
+    singular = "bgpannouncement",
+    shortname = "bgpa",
+    status = "BGPAnnouncementStatus",
+    printcolumn = r#"{"name":"Pools","type":"string","jsonPath":".spec.ipPools"}"#,
+    printcolumn = r#"{"name":"Peers","type":"string","jsonPath":".spec.peers"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPAnnouncementSpec {
+    /// Only addresses of these pools (empty = all pools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_pools: Vec<String>,
+    /// Only addresses of Services matching this selector (empty = all Services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<LabelSelector>,
+    /// Only these nodes announce (empty = all nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Only to these BGPPeers (names; empty = all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// Communities attached to the routes: `65000:100`, a well-known name (`no-export`,
+    /// `no-advertise`, `blackhole`, ...) or a large community `large:65000:1:2`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<String>,
+    /// LOCAL_PREF of the routes (sent to iBGP peers only, as RFC 4271 requires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_pref: Option<u32>,
+    /// Prefix length announced for IPv4 addresses (0 to 32): below 32 the address's covering
+    /// prefix is announced once for all its addresses.
+    #[serde(default = "default_aggregation_v4")]
+    #[schemars(range(max = 32))]
+    pub aggregation_length: u8,
+    /// Prefix length announced for IPv6 addresses (0 to 128).
+    #[serde(default = "default_aggregation_v6", rename = "aggregationLengthV6")]
+    #[schemars(range(max = 128))]
+    pub aggregation_length_v6: u8,
+}
+
+/// What the controller observed about a BGPAnnouncement.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPAnnouncementStatus {
+    /// `Ready`, or why a selector or community is invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

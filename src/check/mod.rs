@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::Service;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{self, IPPool, L2Announcement};
+use crate::api::{self, BGPAnnouncement, BGPPeer, IPPool, L2Announcement};
 use crate::core::allocate::{Context, Ledger, decide};
 use crate::core::category::Category;
 use crate::core::pool::{Pool, PoolSet};
@@ -187,6 +187,8 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
     let mut pools: Vec<(Pool, Source)> = Vec::new();
     let mut pool_sources: BTreeMap<String, Source> = BTreeMap::new();
     let mut l2s: Vec<(L2Announcement, Source)> = Vec::new();
+    let mut bgp_peers: Vec<(BGPPeer, Source)> = Vec::new();
+    let mut bgp_announcements: Vec<(BGPAnnouncement, Source)> = Vec::new();
     let mut services: Vec<ServiceDoc<'_>> = Vec::new();
     let mut seen_services: BTreeMap<ServiceRef, Source> = BTreeMap::new();
 
@@ -237,6 +239,18 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
                     doc.source.clone(),
                 )),
             },
+            (api::GROUP, "BGPPeer") => {
+                if let Some(peer) = load_bgp(doc, "BGPPeer", api::bgp_peer, &mut report) {
+                    bgp_peers.push((peer, doc.source.clone()));
+                }
+            }
+            (api::GROUP, "BGPAnnouncement") => {
+                if let Some(announcement) =
+                    load_bgp(doc, "BGPAnnouncement", api::bgp_announcement, &mut report)
+                {
+                    bgp_announcements.push((announcement, doc.source.clone()));
+                }
+            }
             (api::GROUP, "IPAllocation") => report.problems.push(warning(
                 "ledger_in_git",
                 format!(
@@ -346,19 +360,62 @@ pub fn check_documents(loaded: load::Loaded, options: &CheckOptions) -> Report {
             }
         }
     }
+    let peer_names: BTreeSet<&str> = bgp_peers
+        .iter()
+        .map(|(p, _)| p.metadata.name.as_deref().unwrap_or(""))
+        .collect();
+    for (announcement, source) in &bgp_announcements {
+        let name = announcement.metadata.name.as_deref().unwrap_or("");
+        for pool in &announcement.spec.ip_pools {
+            if !pool_names.contains(pool.as_str()) {
+                report.problems.push(warning(
+                    "unknown_pool",
+                    format!(
+                        "BGPAnnouncement {name} names IPPool {pool}, which is not in the checked \
+                         files"
+                    ),
+                    source.clone(),
+                ));
+            }
+        }
+        for peer in &announcement.spec.peers {
+            if !peer_names.contains(peer.as_str()) {
+                report.problems.push(warning(
+                    "unknown_peer",
+                    format!(
+                        "BGPAnnouncement {name} names BGPPeer {peer}, which is not in the checked \
+                         files"
+                    ),
+                    source.clone(),
+                ));
+            }
+        }
+        if peer_names.is_empty() {
+            report.problems.push(warning(
+                "no_bgp_peer",
+                format!(
+                    "BGPAnnouncement {name}: no BGPPeer is in the checked files, so nothing is \
+                     announced by BGP"
+                ),
+                source.clone(),
+            ));
+        }
+    }
     let mut sorted_pools: Vec<&Pool> = pool_set.pools().iter().collect();
     sorted_pools.sort_by_key(|p| p.name().to_string());
     for pool in sorted_pools {
-        let announced = l2s.iter().any(|(l2, _)| {
-            l2.spec.ip_pools.is_empty() || l2.spec.ip_pools.iter().any(|n| n == pool.name())
-        });
+        let covers = |pools: &[String]| pools.is_empty() || pools.iter().any(|n| n == pool.name());
+        let announced = l2s.iter().any(|(l2, _)| covers(&l2.spec.ip_pools))
+            || bgp_announcements
+                .iter()
+                .any(|(bgp, _)| covers(&bgp.spec.ip_pools));
         let source = pool_sources[pool.name()].clone();
         if !announced {
             report.problems.push(warning(
                 "pool_not_announced",
                 format!(
-                    "IPPool {} is covered by no L2Announcement: its addresses would be assigned \
-                     but never announced on the LAN",
+                    "IPPool {} is covered by no L2Announcement or BGPAnnouncement: its \
+                     addresses would be assigned but never announced",
                     pool.name()
                 ),
                 source.clone(),
@@ -511,3 +568,38 @@ fn load_service<'a>(
 
 #[cfg(test)]
 mod tests;
+
+/// Reads a BGPPeer or BGPAnnouncement and validates it as the webhook does; a problem names
+/// every invalid field.
+fn load_bgp<K, T>(
+    doc: &load::Document,
+    kind: &'static str,
+    convert: fn(&K) -> Result<T, api::ConvertError>,
+    report: &mut Report,
+) -> Option<K>
+where
+    K: serde::de::DeserializeOwned,
+{
+    let object = match K::deserialize(&doc.value) {
+        Ok(object) => object,
+        Err(e) => {
+            report.problems.push(problem(
+                "invalid_object",
+                format!("{kind} {}: {e}", object_name(doc)),
+                doc.source.clone(),
+            ));
+            return None;
+        }
+    };
+    if let Err(err) = convert(&object) {
+        let category = match kind {
+            "BGPPeer" => "invalid_bgppeer",
+            _ => "invalid_bgpannouncement",
+        };
+        report
+            .problems
+            .push(problem(category, err.to_string(), doc.source.clone()));
+        return None;
+    }
+    Some(object)
+}

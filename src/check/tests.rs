@@ -191,3 +191,78 @@ fn kustomization_namespace_applies_below_it() {
     assert_eq!(names, vec!["default/top", "media/web"]);
     assert_eq!(report.files, 3);
 }
+
+const BGP_POOL: &str = "apiVersion: vipam.io/v1alpha1
+kind: IPPool
+metadata: {name: routed}
+spec:
+  blocks: [{cidr: 198.51.100.0/28}]
+";
+
+#[test]
+fn a_pool_announced_by_bgp_only_is_announced() {
+    let stream = format!(
+        "{BGP_POOL}---\napiVersion: vipam.io/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{peerAddress: 192.0.2.1, peerASN: 65000, myASN: 4200000001}}\n---\napiVersion: vipam.io/v1alpha1\nkind: BGPAnnouncement\nmetadata: {{name: routed}}\nspec: {{ipPools: [routed], communities: ['65000:1', no-export, 'large:65000:1:2'], localPref: 200}}\n"
+    );
+    let report = run(&stream);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.pools[0].announced);
+    // Without any announcement the pool is reported, naming both kinds.
+    let report = run(BGP_POOL);
+    assert_eq!(kinds(&report), ["pool_not_announced"]);
+    assert!(
+        report.problems[0]
+            .message
+            .contains("no L2Announcement or BGPAnnouncement"),
+        "{}",
+        report.problems[0].message
+    );
+}
+
+#[test]
+fn invalid_bgp_objects_fail_naming_every_field() {
+    let stream = format!(
+        "{BGP_POOL}---\napiVersion: vipam.io/v1alpha1\nkind: BGPPeer\nmetadata: {{name: tor}}\nspec: {{peerAddress: 192.0.2.999, peerASN: 0, myASN: 65000, holdTime: 1s}}\n---\napiVersion: vipam.io/v1alpha1\nkind: BGPAnnouncement\nmetadata: {{name: routed}}\nspec: {{ipPools: [routed, nowhere], peers: [elsewhere], communities: ['65000:70000'], aggregationLength: 40}}\n"
+    );
+    let report = run(&stream);
+    let found = kinds(&report);
+    for kind in ["invalid_bgppeer", "invalid_bgpannouncement"] {
+        assert!(
+            found.contains(&kind),
+            "{kind} missing: {:?}",
+            report.problems
+        );
+    }
+    let peer = report
+        .problems
+        .iter()
+        .find(|p| p.kind == "invalid_bgppeer")
+        .unwrap();
+    for field in ["spec.peerAddress", "spec.peerASN", "spec.holdTime"] {
+        assert!(peer.message.contains(field), "{}", peer.message);
+    }
+    let announcement = report
+        .problems
+        .iter()
+        .find(|p| p.kind == "invalid_bgpannouncement")
+        .unwrap();
+    for field in ["spec.communities[0]", "spec.aggregationLength"] {
+        assert!(
+            announcement.message.contains(field),
+            "{}",
+            announcement.message
+        );
+    }
+    // A valid announcement naming what is not there only warns.
+    let stream = format!(
+        "{BGP_POOL}---\napiVersion: vipam.io/v1alpha1\nkind: BGPAnnouncement\nmetadata: {{name: routed}}\nspec: {{ipPools: [routed, nowhere], peers: [elsewhere]}}\n"
+    );
+    let report = run(&stream);
+    assert_eq!(
+        kinds(&report),
+        ["no_bgp_peer", "unknown_peer", "unknown_pool"],
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(report.errors(), 0);
+}

@@ -13,7 +13,8 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch};
 
 use crate::api::{
-    self, IPAllocation, IPPool, L2Announcement, allocation_object, patch_params, post_params,
+    self, BGPAnnouncement, IPAllocation, IPPool, L2Announcement, allocation_object, patch_params,
+    post_params,
 };
 use crate::cache::{Caches, valid};
 use crate::core::allocate::{Decision, Ledger, LedgerEntry};
@@ -29,6 +30,7 @@ pub struct Snapshot<'a> {
     /// The `IPAllocation` object behind each ledger entry (for resourceVersion and timestamps).
     pub objects: &'a BTreeMap<IpAddr, IPAllocation>,
     pub l2announcements: &'a [L2Announcement],
+    pub bgp_announcements: &'a [BGPAnnouncement],
 }
 
 /// One write that records a decision.
@@ -85,6 +87,7 @@ struct Derived {
     generation: u64,
     pools: PoolSet,
     l2announcements: Vec<L2Announcement>,
+    bgp_announcements: Vec<BGPAnnouncement>,
 }
 
 /// An in-flight reservation: what the ledger held before it (to restore on failure).
@@ -135,6 +138,7 @@ impl LedgerView {
                 generation,
                 pools: pool_set(&valid(&self.caches.pools)),
                 l2announcements: valid(&self.caches.l2announcements),
+                bgp_announcements: valid(&self.caches.bgp_announcements),
             });
         }
         let derived = derived.as_ref().expect("built above");
@@ -145,6 +149,7 @@ impl LedgerView {
                 ledger: &state.ledger,
                 objects: &state.objects,
                 l2announcements: &derived.l2announcements,
+                bgp_announcements: &derived.bgp_announcements,
             };
             plan(&snapshot)
         };

@@ -1,5 +1,5 @@
 //! The admission webhooks: `POST /mutate/service`, `POST /validate/ippool`,
-//! `POST /validate/l2announcement`. Every replica serves them; the API server's name uniqueness
+//! `POST /validate/l2announcement`, `POST /validate/bgppeer`, `POST /validate/bgpannouncement`. Every replica serves them; the API server's name uniqueness
 //! on `IPAllocation`s makes them race-free across replicas.
 
 pub mod ledger;
@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::admin::{AdmissionLabels, Metrics, WebhookLabel};
-use crate::api::{IPPool, L2Announcement};
+use crate::api::{BGPAnnouncement, BGPPeer, IPPool, L2Announcement};
 use crate::core::allocate::Context;
 use crate::core::request::RequestPolicy;
 
@@ -92,6 +92,8 @@ pub fn router(state: Arc<WebhookState>) -> Router {
         .route("/mutate/service", post(mutate_service))
         .route("/validate/ippool", post(validate_ippool))
         .route("/validate/l2announcement", post(validate_l2announcement))
+        .route("/validate/bgppeer", post(validate_bgppeer))
+        .route("/validate/bgpannouncement", post(validate_bgpannouncement))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -113,6 +115,20 @@ async fn validate_ippool(State(state): State<Arc<WebhookState>>, body: Bytes) ->
 async fn validate_l2announcement(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
     handle::<L2Announcement, _>(&state, "l2announcement", &body, |state, req| {
         Box::pin(async move { validate::admit_l2announcement(state, &req) })
+    })
+    .await
+}
+
+async fn validate_bgppeer(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    handle::<BGPPeer, _>(&state, "bgppeer", &body, |state, req| {
+        Box::pin(async move { validate::admit_bgppeer(state, &req) })
+    })
+    .await
+}
+
+async fn validate_bgpannouncement(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    handle::<BGPAnnouncement, _>(&state, "bgpannouncement", &body, |state, req| {
+        Box::pin(async move { validate::admit_bgpannouncement(state, &req) })
     })
     .await
 }

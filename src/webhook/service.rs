@@ -246,13 +246,20 @@ fn explain(denial: &Denial, request: &Request, snapshot: &Snapshot<'_>) -> Strin
 fn warnings(request: &Request, decision: &Decision, snapshot: &Snapshot<'_>) -> Vec<String> {
     let mut warnings = Vec::new();
     for assignment in &decision.assignments {
-        let covered = snapshot.l2announcements.iter().any(|l2| {
-            l2.spec.ip_pools.is_empty() || l2.spec.ip_pools.iter().any(|p| p == &assignment.pool)
-        });
+        let covers =
+            |pools: &[String]| pools.is_empty() || pools.iter().any(|p| p == &assignment.pool);
+        let covered = snapshot
+            .l2announcements
+            .iter()
+            .any(|l2| covers(&l2.spec.ip_pools))
+            || snapshot
+                .bgp_announcements
+                .iter()
+                .any(|bgp| covers(&bgp.spec.ip_pools));
         if !covered {
             warnings.push(format!(
-                "vipam: no L2Announcement covers pool {:?}: {} is assigned but will not be \
-                 announced on the LAN",
+                "vipam: no L2Announcement or BGPAnnouncement covers pool {:?}: {} is assigned \
+                 but will not be announced",
                 assignment.pool, assignment.ip
             ));
         }

@@ -1,4 +1,4 @@
-//! Validation of IPPools and L2Announcements.
+//! Validation of IPPools, L2Announcements, BGPPeers and BGPAnnouncements.
 //!
 //! Malformed pools are denied with the field path. Edits that strand allocated addresses or
 //! overlap another pool only warn: denying them would wedge Argo CD when addresses move between
@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use super::{Outcome, WebhookState};
-use crate::api::{self, IPPool, L2Announcement, LabelSelectorExt};
+use crate::api::{self, BGPAnnouncement, BGPPeer, IPPool, L2Announcement, LabelSelectorExt};
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::range::format_ranges;
 
@@ -159,6 +159,64 @@ pub fn admit_l2announcement(
                 l2.name_any()
             ));
         }
+    }
+    outcome
+}
+
+/// Answers one BGPPeer admission request: every invalid field is named.
+pub fn admit_bgppeer(_state: &WebhookState, req: &AdmissionRequest<BGPPeer>) -> Outcome {
+    let response = AdmissionResponse::from(req);
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Outcome::allowed(response, "not_create_or_update");
+    }
+    let Some(peer) = req.object.as_ref() else {
+        return Outcome::denied(
+            response,
+            "malformed_review",
+            "the review carries no object".into(),
+        );
+    };
+    match api::bgp_peer(peer) {
+        Ok(_) => Outcome::allowed(response, "valid"),
+        Err(err) => Outcome::denied(response, "invalid_bgppeer", err.to_string()),
+    }
+}
+
+/// Answers one BGPAnnouncement admission request: invalid selectors, communities and lengths
+/// are denied; pools that do not exist (yet) are a warning, as for L2Announcement.
+pub fn admit_bgpannouncement(
+    state: &WebhookState,
+    req: &AdmissionRequest<BGPAnnouncement>,
+) -> Outcome {
+    let response = AdmissionResponse::from(req);
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Outcome::allowed(response, "not_create_or_update");
+    }
+    let Some(announcement) = req.object.as_ref() else {
+        return Outcome::denied(
+            response,
+            "malformed_review",
+            "the review carries no object".into(),
+        );
+    };
+    if let Err(err) = api::bgp_announcement(announcement) {
+        return Outcome::denied(response, "invalid_bgpannouncement", err.to_string());
+    }
+    let mut outcome = Outcome::allowed(response, "valid");
+    let unknown: Vec<String> = state.ledger.read(|snapshot| {
+        announcement
+            .spec
+            .ip_pools
+            .iter()
+            .filter(|name| snapshot.pools.get(name).is_none())
+            .cloned()
+            .collect()
+    });
+    for name in &unknown {
+        outcome = outcome.warn(format!(
+            "vipam: BGPAnnouncement {} names IPPool {name}, which does not exist (yet)",
+            announcement.name_any()
+        ));
     }
     outcome
 }

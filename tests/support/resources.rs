@@ -131,5 +131,17 @@ pub fn builtin() -> Vec<ResourceType> {
         )
         .with_status()
         .custom(),
+        rt(VIPAM_GROUP, VIPAM_VERSION, "bgppeers", "BGPPeer", false)
+            .with_status()
+            .custom(),
+        rt(
+            VIPAM_GROUP,
+            VIPAM_VERSION,
+            "bgpannouncements",
+            "BGPAnnouncement",
+            false,
+        )
+        .with_status()
+        .custom(),
     ]
 }
