@@ -392,13 +392,40 @@ pub fn trim_metadata<K: Resource>(object: &mut K) {
     meta.annotations = None;
 }
 
-/// A Node as ownership needs it: labels and conditions (not images, addresses, capacity...).
+/// A Node as ownership needs it: labels, conditions, whether it is cordoned, and what picks
+/// its BGP router ID (InternalIP addresses, `vipam.io/bgp-router-id`); not images, capacity...
 pub fn trim_node(node: &mut Node) {
+    let router_id = node
+        .annotations()
+        .get(crate::api::view::ROUTER_ID_ANNOTATION)
+        .cloned();
     trim_metadata(node);
-    node.spec = None;
+    if let Some(router_id) = router_id {
+        node.meta_mut().annotations = Some(
+            [(
+                crate::api::view::ROUTER_ID_ANNOTATION.to_string(),
+                router_id,
+            )]
+            .into_iter()
+            .collect(),
+        );
+    }
+    node.spec = node
+        .spec
+        .take()
+        .map(|spec| k8s_openapi::api::core::v1::NodeSpec {
+            unschedulable: spec.unschedulable,
+            ..Default::default()
+        });
     if let Some(status) = node.status.as_mut() {
         *status = k8s_openapi::api::core::v1::NodeStatus {
             conditions: status.conditions.take(),
+            addresses: status.addresses.take().map(|addresses| {
+                addresses
+                    .into_iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .collect()
+            }),
             ..Default::default()
         };
     }
@@ -432,7 +459,21 @@ pub fn node_fingerprint(node: &Node) -> u64 {
         .flat_map(|s| s.conditions.iter().flatten())
         .map(|c| (&c.type_, &c.status))
         .collect();
-    fingerprint((node.labels(), conditions))
+    let addresses: Vec<&String> = node
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| &a.address)
+        .collect();
+    fingerprint((
+        node.labels(),
+        conditions,
+        node.spec.as_ref().and_then(|s| s.unschedulable),
+        addresses,
+        node.annotations()
+            .get(crate::api::view::ROUTER_ID_ANNOTATION),
+    ))
 }
 
 /// A reflector that keeps `trim`med objects and calls `wake` only when what `relevant` hashes

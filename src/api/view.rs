@@ -165,6 +165,34 @@ pub fn lease_facts(lease: &Lease, fallback_duration: Duration) -> Option<LeaseFa
     })
 }
 
+/// Annotation on a Node that sets its BGP router ID (else its first IPv4 InternalIP).
+pub const ROUTER_ID_ANNOTATION: &str = "vipam.io/bgp-router-id";
+
+/// The BGP router ID of a node: the annotation `vipam.io/bgp-router-id`, else its first IPv4
+/// InternalIP. `Err` says why there is none (or why the annotation is not an IPv4 address).
+pub fn router_id(node: &Node) -> Result<std::net::Ipv4Addr, String> {
+    if let Some(text) = node.annotations().get(ROUTER_ID_ANNOTATION) {
+        return text.trim().parse().map_err(|_| {
+            format!(
+                "Node {}: annotation {ROUTER_ID_ANNOTATION}: {text:?} is not an IPv4 address",
+                node.name_any()
+            )
+        });
+    }
+    node.status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse::<std::net::Ipv4Addr>().ok())
+        .ok_or_else(|| {
+            format!(
+                "Node {} has no IPv4 InternalIP for a BGP router ID; set the annotation \
+                 {ROUTER_ID_ANNOTATION}",
+                node.name_any()
+            )
+        })
+}
+
 /// A node as ownership sees it.
 pub fn node_view(
     node: &Node,
@@ -183,8 +211,14 @@ pub fn node_view(
                 .iter()
                 .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
         });
+    let cordoned = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
     NodeView {
         excluded: labels.contains_key(EXCLUDE_LABEL),
+        cordoned,
         live: liveness.is_live(&name, now),
         interfaces: lease.map(|l| l.interfaces.clone()).unwrap_or_default(),
         default_interface: lease.and_then(|l| l.default_interface.clone()),

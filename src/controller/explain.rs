@@ -137,6 +137,11 @@ fn hint(why: Blocked) -> &'static str {
         Blocked::Excluded => {
             "remove the label from a node that should announce, or select other nodes"
         }
+        Blocked::Cordoned => "uncordon the nodes once their drain is done (kubectl uncordon)",
+        Blocked::NoPeer => {
+            "no BGPPeer of the address's family selects these nodes: check the BGPPeers' \
+             nodeSelector and the BGPAnnouncement's peers"
+        }
         Blocked::NetworkUnavailable => "the nodes' network plugin reports no network",
         Blocked::NoReadyEndpoint => {
             "the Service has externalTrafficPolicy: Local, so only a node running a ready \

@@ -37,6 +37,23 @@ impl AnnounceMode {
     }
 }
 
+/// Whether an announcement's service selector picks an address held by `services` (None or
+/// empty = all; any one Service matching is enough: the address is announced for all of them).
+/// Matches the Service's labels plus the pseudo-labels `vipam.io/service-namespace` and
+/// `vipam.io/service-name`.
+pub fn selects_services(selector: Option<&LabelSelector>, services: &[ServiceOnAddress]) -> bool {
+    match selector {
+        None => true,
+        Some(selector) if selector.is_empty() => true,
+        Some(selector) => services.iter().any(|s| {
+            let mut labels = s.labels.clone();
+            labels.insert(SERVICE_NAMESPACE_LABEL.to_string(), s.namespace.clone());
+            labels.insert(SERVICE_NAME_LABEL.to_string(), s.name.clone());
+            selector.matches(&labels)
+        }),
+    }
+}
+
 /// One L2Announcement, as ownership needs it.
 #[derive(Debug, Clone)]
 pub struct AnnouncementRule {
@@ -68,16 +85,7 @@ impl AnnouncementRule {
         if !self.ip_pools.is_empty() && !self.ip_pools.iter().any(|p| p == pool) {
             return false;
         }
-        match &self.service_selector {
-            None => true,
-            Some(selector) if selector.is_empty() => true,
-            Some(selector) => services.iter().any(|s| {
-                let mut labels = s.labels.clone();
-                labels.insert(SERVICE_NAMESPACE_LABEL.to_string(), s.namespace.clone());
-                labels.insert(SERVICE_NAME_LABEL.to_string(), s.name.clone());
-                selector.matches(&labels)
-            }),
-        }
+        selects_services(self.service_selector.as_ref(), services)
     }
 
     /// The interface this rule announces on for `node`: the first of its interfaces (sorted by
@@ -102,6 +110,8 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     /// Labelled `node.kubernetes.io/exclude-from-external-load-balancers`.
     pub excluded: bool,
+    /// Cordoned (`spec.unschedulable`): being drained, so it stops announcing first.
+    pub cordoned: bool,
     /// Condition `NetworkUnavailable` is True.
     pub network_unavailable: bool,
     /// Its agent holds a live Lease (see [`Liveness`]).
@@ -119,6 +129,8 @@ impl NodeView {
             Some("no live agent lease")
         } else if self.excluded {
             Some("excluded from external load balancers")
+        } else if self.cordoned {
+            Some("cordoned")
         } else if self.network_unavailable {
             Some("network unavailable")
         } else {
@@ -188,10 +200,15 @@ pub enum Blocked {
     NoLiveAgent,
     /// Labelled `node.kubernetes.io/exclude-from-external-load-balancers`.
     Excluded,
+    /// Cordoned (`kubectl cordon`, `kubectl drain`).
+    Cordoned,
     /// Its condition `NetworkUnavailable` is True.
     NetworkUnavailable,
     /// A Service on the address has `externalTrafficPolicy: Local` and no ready endpoint here.
     NoReadyEndpoint,
+    /// BGP: no BGPPeer of the address's family that a covering BGPAnnouncement names selects
+    /// the node.
+    NoPeer,
     /// No usable interface (Ethernet, up, with carrier) that the L2Announcement names: a link
     /// is down, or the patterns match nothing there (or no default route, when it names none).
     NoInterface,
@@ -203,9 +220,11 @@ impl Blocked {
         match self {
             Blocked::NoLiveAgent => "NoLiveAgent",
             Blocked::Excluded => "NodesExcluded",
+            Blocked::Cordoned => "NodesCordoned",
             Blocked::NetworkUnavailable => "NetworkUnavailable",
             Blocked::NoReadyEndpoint => "NoReadyEndpoint",
             Blocked::NoInterface => "NoUsableInterface",
+            Blocked::NoPeer => "NoBGPPeer",
         }
     }
 
@@ -214,6 +233,7 @@ impl Blocked {
         match self {
             Blocked::NoLiveAgent => "no live vipam agent Lease",
             Blocked::Excluded => "labelled node.kubernetes.io/exclude-from-external-load-balancers",
+            Blocked::Cordoned => "cordoned (spec.unschedulable)",
             Blocked::NetworkUnavailable => "condition NetworkUnavailable is True",
             Blocked::NoReadyEndpoint => {
                 "no ready endpoint of an externalTrafficPolicy: Local Service on the address"
@@ -221,6 +241,7 @@ impl Blocked {
             Blocked::NoInterface => {
                 "no usable interface the L2Announcement names (link down, or no match)"
             }
+            Blocked::NoPeer => "no BGPPeer of the address's family selects the node",
         }
     }
 }
@@ -253,6 +274,9 @@ fn candidacy(
     }
     if node.excluded {
         return Err(Blocked::Excluded);
+    }
+    if node.cordoned {
+        return Err(Blocked::Cordoned);
     }
     if node.network_unavailable {
         return Err(Blocked::NetworkUnavailable);

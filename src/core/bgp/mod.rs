@@ -5,6 +5,7 @@
 //! - `session`: the RFC 4271 state machine and its timers.
 //! - `rib_out`: what each session has sent, and the UPDATEs that bring a peer to what is wanted.
 
+pub mod announce;
 pub mod config;
 pub mod message;
 
