@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod routers;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,10 +1,12 @@
 //! The node's network, below the announcer: netlink (links, addresses, the record of the
-//! addresses vipam added), the link watcher, the filtered raw socket, and the ARP/NDP frames.
+//! addresses vipam added), the link watcher, the filtered raw socket, the ARP/NDP frames, and
+//! the BGP transport (codec and TCP socket to a peer).
 //! Nothing here knows about Kubernetes or ownership; the announcer
 //! ([`super::announcer`]) sits above it, and the Service and control-plane loops above that.
 //! See docs/agent.md ("Threads", "Link loss").
 
 pub mod address;
+pub mod bgp;
 pub mod iface;
 pub mod links;
 pub(crate) mod netlink;
