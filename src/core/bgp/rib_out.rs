@@ -249,6 +249,7 @@ impl RibOut {
             .collect();
     }
 
+    /// What is wanted at the peer (normalized).
     pub fn desired(&self) -> &BTreeMap<IpNet, RouteAttrs> {
         &self.desired
     }
