@@ -51,7 +51,9 @@ const MAX_RESTART_TIME: u16 = 0x0FFF;
 pub struct SessionConfig {
     /// The peer's address: named in errors.
     pub peer_address: IpAddr,
+    /// Our ASN (`myASN`).
     pub local_asn: u32,
+    /// The ASN the peer must announce in its OPEN (`peerASN`).
     pub peer_asn: u32,
     /// This node's BGP identifier.
     pub router_id: Ipv4Addr,
@@ -122,11 +124,17 @@ impl SessionConfig {
 /// (vipam never listens); Idle with a retry pending means the same after a session failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum State {
+    /// Not connecting: stopped, or waiting to retry after a session failed.
     Idle,
+    /// A connection attempt is in progress.
     Connect,
+    /// Waiting to retry after a connection attempt failed.
     Active,
+    /// Our OPEN is sent; waiting for the peer's.
     OpenSent,
+    /// OPENs agreed; waiting for the peer's KEEPALIVE.
     OpenConfirm,
+    /// Routes flow.
     Established,
 }
 
@@ -254,10 +262,12 @@ impl Session {
         }
     }
 
+    /// The settings the session was created with.
     pub fn config(&self) -> &SessionConfig {
         &self.config
     }
 
+    /// The current state.
     pub fn state(&self) -> State {
         self.state
     }
