@@ -8,6 +8,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::announcer::NetCounters;
+use super::speaker::SpeakerMetrics;
 use crate::admin::{MetricsText, encode_registry};
 
 /// Labels of `vipam_agent_ownership_changes_total`.
@@ -34,6 +35,8 @@ pub struct AgentMetrics {
     /// 1 while ownership is frozen (own lease not renewed, or the lease watch is down).
     pub frozen: Gauge,
     pub net: NetCounters,
+    /// The BGP sessions (`vipam_agent_bgp_*`).
+    pub speaker: SpeakerMetrics,
 }
 
 impl AgentMetrics {
@@ -123,6 +126,8 @@ impl AgentMetrics {
             "Data-plane errors by category (netlink, socket, state, send, receive)",
             net.errors.clone(),
         );
+        let speaker = SpeakerMetrics::default();
+        speaker.register(&mut registry);
         AgentMetrics {
             registry,
             owned_addresses,
@@ -132,6 +137,7 @@ impl AgentMetrics {
             status_writes,
             frozen,
             net,
+            speaker,
         }
     }
 

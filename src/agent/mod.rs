@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod run;
 pub mod shares;
 pub mod signals;
+pub mod speaker;
 
 pub use error::{AgentError, ControlPlaneError};
 pub use run::run_with;

@@ -124,6 +124,28 @@ pub struct LeaseFacts {
     pub default_interface: Option<String>,
     /// MACs of the node's usable interfaces (`vipam.io/macs`).
     pub macs: Vec<MacAddr>,
+    /// The node's BGP sessions (`vipam.io/bgp-sessions`); empty when it runs none (or the
+    /// note cannot be read, which is logged).
+    pub bgp_sessions: Vec<SessionNote>,
+}
+
+/// Annotation of an agent Lease listing the node's BGP sessions (JSON list of
+/// [`SessionNote`]). It rides on the Lease renewals the agent makes anyway: no extra writes.
+pub const BGP_SESSIONS_ANNOTATION: &str = "vipam.io/bgp-sessions";
+
+/// One BGP session of a node, as its agent notes it in its Lease.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionNote {
+    /// The BGPPeer's name.
+    pub peer: String,
+    /// Idle, Connect, Active, OpenSent, OpenConfirm or Established.
+    pub state: String,
+    /// Unix seconds when the state was entered.
+    pub since: i64,
+    pub prefixes_sent: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Reads an agent Lease (None if it is not one).
@@ -154,9 +176,17 @@ pub fn lease_facts(lease: &Lease, fallback_duration: Duration) -> Option<LeaseFa
                 .collect()
         })
         .unwrap_or_default();
+    let bgp_sessions = match annotations.get(BGP_SESSIONS_ANNOTATION) {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(text).unwrap_or_else(|err| {
+            tracing::warn!(lease = %name, error = %err, "unreadable {BGP_SESSIONS_ANNOTATION} annotation");
+            Vec::new()
+        }),
+    };
     Some(LeaseFacts {
         node,
         version: seen.version,
+        bgp_sessions,
         held: seen.holder.is_some(),
         duration: seen.duration,
         interfaces,

@@ -2,6 +2,7 @@
 //! endpoints over plain HTTP; the replica holding the Lease `vipam-controller` also runs the
 //! reconcilers (Service status, the ledger's lifecycle, pool status). See docs/controller.md.
 
+pub mod bgp;
 pub mod clock;
 pub mod conditions;
 pub mod explain;

@@ -140,14 +140,27 @@ impl Placement {
                         facts.held,
                         now,
                     );
-                    let before = leases
-                        .facts
-                        .get(&facts.node)
-                        .map(|f| (f.interfaces.clone(), f.default_interface.clone(), f.held));
+                    // BGP sessions count by state and error; a prefix count that moved is
+                    // picked up by the next pass, not worth waking everything for.
+                    let sessions = |f: &LeaseFacts| -> Vec<(String, String, Option<String>)> {
+                        f.bgp_sessions
+                            .iter()
+                            .map(|s| (s.peer.clone(), s.state.clone(), s.last_error.clone()))
+                            .collect()
+                    };
+                    let before = leases.facts.get(&facts.node).map(|f| {
+                        (
+                            f.interfaces.clone(),
+                            f.default_interface.clone(),
+                            f.held,
+                            sessions(f),
+                        )
+                    });
                     let after = (
                         facts.interfaces.clone(),
                         facts.default_interface.clone(),
                         facts.held,
+                        sessions(&facts),
                     );
                     leases.facts.insert(facts.node.clone(), facts);
                     before != Some(after)
@@ -239,6 +252,16 @@ impl Placement {
     /// Whether `node`'s agent holds a live Lease now.
     pub fn is_live(&self, node: &str) -> bool {
         lock(&self.leases).liveness.is_live(node, self.now())
+    }
+
+    /// The BGP sessions each node's agent notes in its Lease, by node.
+    pub fn sessions(&self) -> BTreeMap<String, Vec<view::SessionNote>> {
+        lock(&self.leases)
+            .facts
+            .iter()
+            .filter(|(_, f)| !f.bgp_sessions.is_empty())
+            .map(|(node, f)| (node.clone(), f.bgp_sessions.clone()))
+            .collect()
     }
 
     /// Nodes running a ready endpoint, per (namespace, Service name).

@@ -15,6 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use super::bgp;
 use super::clock::SharedClock;
 use super::conditions::{
     self, ADDRESS_CONFLICT, ALLOCATED, ANNOUNCED, CONFLICT, ORPHANED, READY, Wanted,
@@ -23,8 +24,9 @@ use super::explain;
 use super::lease::LeaderGate;
 use super::placement::Placement;
 use crate::api::{
-    AllocationPhase, IPAllocation, IPPool, L2Announcement, LabelSelectorExt, allocation_object,
-    l2_pool_names, patch_params, pool_spec, post_params, service_view, time_from_seconds,
+    AllocationPhase, BGPAnnouncement, BGPPeer, IPAllocation, IPPool, L2Announcement,
+    LabelSelectorExt, allocation_object, l2_pool_names, patch_params, pool_spec, post_params,
+    service_view, time_from_seconds,
 };
 use crate::cache::{Caches, valid};
 use crate::core::allocate::{Context, Decision, Denial, How, Ledger, LedgerEntry};
@@ -465,6 +467,7 @@ impl Reconciler {
         }
         self.pool_status(&ctx, &mut report).await;
         self.l2_status(&ctx, &mut report).await;
+        self.bgp_status(&ctx, &mut report).await;
         report
     }
 
@@ -1237,6 +1240,44 @@ impl Reconciler {
                 return;
             }
             write_status(&api, "IPPool", &name, &status, report).await;
+        }
+    }
+
+    /// BGPPeer status (validity, each node's session as its agent notes it) and
+    /// BGPAnnouncement status (validity, peers that do not exist).
+    async fn bgp_status(&self, ctx: &Context, report: &mut PassReport) {
+        let peers = valid(&self.caches.bgp_peers);
+        let announcements = valid(&self.caches.bgp_announcements);
+        if peers.is_empty() && announcements.is_empty() {
+            return;
+        }
+        let config = bgp::BgpConfig::parse(&peers, &announcements);
+        let (nodes, sessions) = match self.placement.as_ref().filter(|p| p.is_synced()) {
+            Some(placement) => (placement.nodes(), placement.sessions()),
+            None => Default::default(),
+        };
+        let peer_api: Api<BGPPeer> = Api::all(self.client.clone());
+        for peer in &peers {
+            let Some(status) = bgp::peer_update(peer, &config, &nodes, &sessions, ctx.now) else {
+                continue;
+            };
+            if !self.gate.is_leader() {
+                return;
+            }
+            write_status(&peer_api, "BGPPeer", &peer.name_any(), &status, report).await;
+        }
+        let names: std::collections::BTreeSet<String> =
+            peers.iter().map(|p| p.name_any()).collect();
+        let announcement_api: Api<BGPAnnouncement> = Api::all(self.client.clone());
+        for announcement in &announcements {
+            let Some(status) = bgp::announcement_update(announcement, &names, ctx.now) else {
+                continue;
+            };
+            if !self.gate.is_leader() {
+                return;
+            }
+            let name = announcement.name_any();
+            write_status(&announcement_api, "BGPAnnouncement", &name, &status, report).await;
         }
     }
 

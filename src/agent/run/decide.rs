@@ -12,6 +12,7 @@ pub(super) type Held = BTreeMap<IpAddr, (Target, SystemTime)>;
 pub(super) async fn decide(
     shared: Arc<Shared>,
     announcer: Arc<Share>,
+    speaker: Arc<tokio::sync::Mutex<Speaker>>,
     report: watch::Sender<Held>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -70,6 +71,20 @@ pub(super) async fn decide(
         was_frozen = frozen;
         shared.metrics.frozen.set(i64::from(frozen));
         if verdict.announce != Announce::Keep {
+            // BGP: every eligible node announces; nothing is elected. Sessions stay up even
+            // when this node may announce nothing (its Lease lapsed): only routes go.
+            let (peers, announcements) = shared.bgp_config();
+            let setups = shared.bgp_setups(&peers, &announcements);
+            let routes = if verdict.announce == Announce::Nothing {
+                Default::default()
+            } else {
+                shared.bgp_routes(&peers, &announcements)
+            };
+            {
+                let mut speaker = speaker.lock().await;
+                speaker.set_peers(setups);
+                speaker.set_routes(&routes);
+            }
             let desired: BTreeMap<IpAddr, Target> = if verdict.announce == Announce::Nothing {
                 BTreeMap::new()
             } else {

@@ -151,6 +151,10 @@ pub(super) fn lease_object(shared: &Shared) -> Lease {
             MACS_ANNOTATION.to_string(),
             macs.into_iter().collect::<Vec<_>>().join(","),
         ),
+        (
+            BGP_SESSIONS_ANNOTATION.to_string(),
+            serde_json::to_string(&*lock(&shared.bgp_notes)).unwrap_or_else(|_| "[]".into()),
+        ),
     ]);
     // A renewal is a merge patch of this object: it must not move acquireTime or the count of
     // transitions (set once, when the Lease is created).

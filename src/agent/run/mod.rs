@@ -28,25 +28,29 @@ use super::net::address::Marker;
 use super::net::links::{LinkWatch, NetState};
 use super::net::packet::MacAddr;
 use super::shares::{AnnouncerShares, Share};
+use super::speaker::{self, SessionNote, Speaker};
 use crate::admin::{self, Readiness};
 use crate::api::view::{
     self, AGENT_LEASE_LABEL, DEFAULT_INTERFACE_ANNOTATION, INTERFACES_ANNOTATION, LeaseFacts,
     MACS_ANNOTATION,
 };
-use crate::api::{IPAllocation, L2Announcement};
+use crate::api::{BGPAnnouncement, BGPPeer, IPAllocation, L2Announcement};
 use crate::cache::{
     node_fingerprint, slice_fingerprint, spawn_watched, spec_fingerprint, trim_metadata, trim_node,
     valid,
 };
+use crate::core::bgp::announce;
 use crate::core::category::Category;
 use crate::core::ownership::{self, AnnouncementRule, Liveness, NodeView};
 use crate::core::standing::{self, Announce, Standing};
 
+mod bgp;
 mod caches;
 mod decide;
 mod lease;
 mod report;
 
+use bgp::*;
 use caches::*;
 use decide::*;
 use lease::*;
@@ -85,6 +89,15 @@ struct Shared {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     l2: Store<DeserializeGuard<L2Announcement>>,
+    bgp_peers: Store<DeserializeGuard<BGPPeer>>,
+    bgp_announcements: Store<DeserializeGuard<BGPAnnouncement>>,
+    /// MD5 passwords read from Secrets, by (namespace, name, key).
+    passwords: Mutex<BTreeMap<SecretKey, Result<Vec<u8>, String>>>,
+    /// This node's BGP sessions, for the Lease annotation.
+    bgp_notes: Mutex<Vec<SessionNote>>,
+    /// Set the graceful-restart R bit on the first sessions: the previous agent ran sessions
+    /// less than the restart time ago and did not stop gracefully.
+    bgp_restarted: bool,
     leases: Mutex<LeaseBook>,
     lease_watch_ok: AtomicBool,
     own: Mutex<OwnLease>,
@@ -146,10 +159,15 @@ impl Shared {
         Some(facts)
     }
 
-    /// Whether this node's agent must hold a Lease (some L2Announcement selects the node).
+    /// Whether this node's agent must hold a Lease (some L2Announcement selects the node, or
+    /// it peers by BGP).
     fn needs_lease(&self) -> bool {
-        self.own_node()
-            .is_some_and(|node| ownership::needs_lease(&node, &self.rules()))
+        self.own_node().is_some_and(|node| {
+            ownership::needs_lease(&node, &self.rules()) || {
+                let (peers, announcements) = self.bgp_config();
+                announce::peers_with(&node, &peers, &announcements)
+            }
+        })
     }
 
     /// How long a renewal may be in flight before the API counts as unreachable: well before
@@ -173,28 +191,35 @@ impl Shared {
 
     /// Who owns what, from the current view.
     fn owners(&self) -> BTreeMap<IpAddr, ownership::Owner> {
-        let now = self.now();
         let rules = self.rules();
-        let nodes: Vec<NodeView> = {
-            let book = lock(&self.leases);
-            self.nodes
-                .state()
-                .iter()
-                .map(|node| {
-                    let facts = self.facts(&book, &node.name_any());
-                    view::node_view(node, facts.as_ref(), &book.liveness, now)
-                })
-                .collect()
-        };
+        let nodes = self.node_views();
+        ownership::assign(&self.address_views(), &rules, &nodes)
+    }
+
+    /// Every node as ownership sees it.
+    fn node_views(&self) -> Vec<NodeView> {
+        let now = self.now();
+        let book = lock(&self.leases);
+        self.nodes
+            .state()
+            .iter()
+            .map(|node| {
+                let facts = self.facts(&book, &node.name_any());
+                view::node_view(node, facts.as_ref(), &book.liveness, now)
+            })
+            .collect()
+    }
+
+    /// Every allocated address with its Services.
+    fn address_views(&self) -> Vec<ownership::AddressView> {
         let services = self.services.state();
         let index = view::index_services(services.iter().map(|s| s.as_ref()));
         let slices = self.slices.state();
         let ready = view::ready_nodes(slices.iter().map(|s| s.as_ref()));
-        let addresses: Vec<_> = valid(&self.allocations)
+        valid(&self.allocations)
             .iter()
             .filter_map(|a| view::address_view(a, &index, &ready))
-            .collect();
-        ownership::assign(&addresses, &rules, &nodes)
+            .collect()
     }
 
     /// Whether no node has announced `ip` yet (its IPAllocation names no announcer): its first
@@ -280,6 +305,12 @@ pub(crate) async fn run_services(
     let (slices, slice_writer) = reflector::store();
     let (nodes, node_writer) = reflector::store();
     let (l2, l2_writer) = reflector::store();
+    let (bgp_peers, bgp_peer_writer) = reflector::store();
+    let (bgp_announcements, bgp_announcement_writer) = reflector::store();
+    let bgp_restarted = speaker::restarted_recently(
+        &args.state_dir,
+        Duration::from_secs(u64::from(crate::core::bgp::config::RESTART_TIME)),
+    );
     let shared = Arc::new(Shared {
         args: args.clone(),
         epoch: Instant::now(),
@@ -288,6 +319,11 @@ pub(crate) async fn run_services(
         slices,
         nodes,
         l2,
+        bgp_peers,
+        bgp_announcements,
+        passwords: Mutex::new(BTreeMap::new()),
+        bgp_notes: Mutex::new(Vec::new()),
+        bgp_restarted,
         leases: Mutex::new(LeaseBook::default()),
         lease_watch_ok: AtomicBool::new(false),
         own: Mutex::new(OwnLease::default()),
@@ -335,6 +371,22 @@ pub(crate) async fn run_services(
         spec_fingerprint::<L2Announcement>,
         wake(&shared),
     );
+    spawn_watched(
+        Api::<DeserializeGuard<BGPPeer>>::all(client.clone()),
+        bgp_peer_writer,
+        watcher::Config::default(),
+        trim_metadata,
+        spec_fingerprint::<BGPPeer>,
+        wake(&shared),
+    );
+    spawn_watched(
+        Api::<DeserializeGuard<BGPAnnouncement>>::all(client.clone()),
+        bgp_announcement_writer,
+        watcher::Config::default(),
+        trim_metadata,
+        spec_fingerprint::<BGPAnnouncement>,
+        wake(&shared),
+    );
     let leases_synced = Arc::new(Notify::new());
     tokio::spawn(watch_leases(
         client.clone(),
@@ -348,6 +400,8 @@ pub(crate) async fn run_services(
         let _ = shared.slices.wait_until_ready().await;
         let _ = shared.nodes.wait_until_ready().await;
         let _ = shared.l2.wait_until_ready().await;
+        let _ = shared.bgp_peers.wait_until_ready().await;
+        let _ = shared.bgp_announcements.wait_until_ready().await;
         while !shared.lease_watch_ok.load(Ordering::Acquire) {
             leases_synced.notified().await;
         }
@@ -387,6 +441,17 @@ pub(crate) async fn run_services(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (report_tx, report_rx) = watch::channel(BTreeMap::new());
+    let sessions_changed = Arc::new(Notify::new());
+    let speaker = Arc::new(tokio::sync::Mutex::new(Speaker::new(
+        metrics.speaker.clone(),
+        sessions_changed.clone(),
+    )));
+    let password_task = tokio::spawn(fetch_passwords(client.clone(), shared.clone()));
+    let notes_task = tokio::spawn(note_sessions(
+        shared.clone(),
+        speaker.clone(),
+        sessions_changed,
+    ));
     let lease_task = tokio::spawn(renew_lease(client.clone(), shared.clone(), stop_rx.clone()));
     let report_task = tokio::spawn(report_announcer(
         client.clone(),
@@ -397,6 +462,7 @@ pub(crate) async fn run_services(
     let decide_task = tokio::spawn(decide(
         shared.clone(),
         announcer.clone(),
+        speaker.clone(),
         report_tx,
         stop_rx.clone(),
     ));
@@ -406,6 +472,11 @@ pub(crate) async fn run_services(
     // give up the Lease so the others re-decide at once, keep answering until they announce.
     let _ = stop_tx.send(true);
     let _ = decide_task.await;
+    // BGP first: every route is withdrawn (and acknowledged) while this node still forwards.
+    speaker.lock().await.shutdown(BGP_STOP_TIMEOUT).await;
+    notes_task.abort();
+    password_task.abort();
+    let _ = std::fs::remove_file(speaker::restart_marker(&args.state_dir));
     let _ = lease_task.await;
     report_task.abort();
     let handover = Instant::now();

@@ -98,7 +98,9 @@ fn announcement_attributes_size(family: Family, attrs: &RouteAttrs, encoding: &E
     if family == Family::Ipv4Unicast {
         size += attribute_size(4); // NEXT_HOP
     }
-    if encoding.ibgp && attrs.local_pref.is_some() {
+    // RFC 4271 5.1.5: every UPDATE to an internal peer carries LOCAL_PREF (100 when the route
+    // sets none); external peers never get it.
+    if encoding.ibgp {
         size += attribute_size(4);
     }
     let (standard, large) =
@@ -123,7 +125,7 @@ fn announcement_attributes_size(family: Family, attrs: &RouteAttrs, encoding: &E
 /// prefixes; total path attribute length 2 and the attributes; the IPv4 NLRI. Announcements
 /// carry ORIGIN, AS_PATH (eBGP: one AS_SEQUENCE of our ASN, 2 or 4 bytes; AS_TRANS plus an
 /// AS4_PATH when the ASN needs 4 bytes and the peer lacks the capability; iBGP: empty),
-/// NEXT_HOP (IPv4) or MP_REACH_NLRI (IPv6, with its prefixes), LOCAL_PREF (iBGP, when set),
+/// NEXT_HOP (IPv4) or MP_REACH_NLRI (IPv6, with its prefixes), LOCAL_PREF (iBGP, always),
 /// COMMUNITIES and LARGE_COMMUNITY (when any). IPv6 withdrawals go in MP_UNREACH_NLRI; the
 /// IPv6 End-of-RIB is an empty MP_UNREACH_NLRI, the IPv4 one an empty UPDATE (23 bytes). No
 /// other attribute is sent. The codec must set the extended-length flag exactly when a value
@@ -472,9 +474,8 @@ mod tests {
                 attribute(&mut attributes, WELL_KNOWN, 3, &[192, 0, 2, 9]);
                 update.announced.iter().for_each(|p| prefix(&mut nlri, p));
             }
-            if let Some(local_pref) = update.attrs.local_pref
-                && encoding.ibgp
-            {
+            if encoding.ibgp {
+                let local_pref = update.attrs.local_pref.unwrap_or(100);
                 attribute(&mut attributes, WELL_KNOWN, 5, &local_pref.to_be_bytes());
             }
             let mut standard = Vec::new();

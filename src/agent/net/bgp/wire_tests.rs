@@ -1199,3 +1199,53 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// The RIB-out packs UPDATEs by `core::bgp::rib_out::encoded_size`; the codec must produce
+    /// exactly that many bytes, or a packed UPDATE could pass 4096 on the wire.
+    #[test]
+    fn rib_out_sizes_are_the_codecs(
+        v6 in any::<bool>(),
+        prefixes in proptest::collection::btree_set((any::<u32>(), 0u8..=32), 0..60),
+        withdraw in any::<bool>(),
+        standard in proptest::collection::btree_set(any::<u32>(), 0..80),
+        large in proptest::collection::btree_set((any::<u32>(), any::<u32>(), any::<u32>()), 0..30),
+        local_pref in proptest::option::of(any::<u32>()),
+        asn in 1u32..,
+        four in any::<bool>(),
+        ibgp in any::<bool>(),
+    ) {
+        use crate::core::bgp::rib_out::{Encoding, encoded_size};
+        let nets: BTreeSet<IpNet> = prefixes
+            .iter()
+            .map(|(i, len)| {
+                if v6 {
+                    let len = u8::min(*len * 4, 128);
+                    IpNet::V6(ipnet::Ipv6Net::new(Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(*i)), len).unwrap().trunc())
+                } else {
+                    IpNet::V4(ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i & 0x00ff_ffff)), *len).unwrap().trunc())
+                }
+            })
+            .collect();
+        let mut communities: BTreeSet<Community> = standard.into_iter().map(Community::Standard).collect();
+        communities.extend(large.into_iter().map(|(global, local1, local2)| Community::Large { global, local1, local2 }));
+        let family = if v6 { Family::Ipv6Unicast } else { Family::Ipv4Unicast };
+        let nets: Vec<IpNet> = nets.into_iter().collect();
+        let update = if withdraw {
+            Update { family, withdrawn: nets, attrs: RouteAttrs::default(), announced: Vec::new() }
+        } else {
+            Update { family, withdrawn: Vec::new(), attrs: RouteAttrs { local_pref, communities }, announced: nets }
+        };
+        let mut ctx = ebgp(asn, four);
+        ctx.ibgp = ibgp;
+        let encoding = Encoding { local_asn: asn, four_octet_asn: four, ibgp, ipv6_next_hop_len: 16 };
+        let predicted = encoded_size(&update, &encoding);
+        match encoded_len(&update, &ctx) {
+            Ok(len) => prop_assert_eq!(predicted, len),
+            Err(WireError::Encode { .. }) => prop_assert!(predicted > 4096, "refused at {predicted} bytes"),
+            Err(other) => prop_assert!(false, "{other}"),
+        }
+    }
+}
