@@ -78,8 +78,72 @@ impl AgentLab {
         AgentLab::build(name, flags, true)
     }
 
+    /// Like [`AgentLab::new`], with a router host `router` (.1) on the LAN for BGP: it
+    /// forwards, and the client reaches the LoadBalancer ranges (203.0.113.0/24,
+    /// 2001:db8:ff::/48) through it, so traffic follows what the router learned. Nodes carry
+    /// their LAN address as InternalIP (their BGP router ID).
+    pub fn with_router(name: &str, flags: AgentFlags) -> AgentLab {
+        let net = Netlab::new(&[
+            ("node1", 11),
+            ("node2", 12),
+            ("node3", 13),
+            ("client", 100),
+            ("api", 5),
+            ("router", 1),
+        ]);
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ] {
+            net.exec_ok("router", "sysctl", &["-qw", sysctl]);
+        }
+        let router = net.host("router").clone();
+        net.exec_ok(
+            "client",
+            "ip",
+            &[
+                "route",
+                "add",
+                "203.0.113.0/24",
+                "via",
+                &router.ipv4.to_string(),
+            ],
+        );
+        net.exec_ok(
+            "client",
+            "ip",
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:ff::/48",
+                "via",
+                &router.ipv6.to_string(),
+            ],
+        );
+        let lab = AgentLab::build_on(net, name, flags, false);
+        for node in NODES {
+            let host = lab.net.host(node).clone();
+            lab.fake.seed(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
+                "status": {"addresses": [
+                    {"type": "InternalIP", "address": host.ipv4.to_string()},
+                    {"type": "InternalIP", "address": host.ipv6.to_string()},
+                    {"type": "Hostname", "address": node},
+                ]},
+            }));
+        }
+        lab
+    }
+
     fn build(name: &str, flags: AgentFlags, management: bool) -> AgentLab {
-        let net = Netlab::standard();
+        AgentLab::build_on(Netlab::standard(), name, flags, management)
+    }
+
+    fn build_on(net: Netlab, name: &str, flags: AgentFlags, management: bool) -> AgentLab {
         if management {
             let mut members = NODES.to_vec();
             members.push("api");

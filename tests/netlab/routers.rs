@@ -157,14 +157,15 @@ pub struct Bird {
 }
 
 /// BIRD's configuration: one BGP protocol per peer importing everything (exporting nothing)
-/// in both families, and kernel protocols exporting the learned routes to the host's tables.
+/// in both families, and kernel protocols exporting the learned routes to the host's tables
+/// (equal paths from several peers merged into one multipath route: ECMP).
 pub fn bird_config(router_id: std::net::Ipv4Addr, peers: &[PeerConfig]) -> String {
     let mut conf = format!(
         "log stderr all;\n\
          router id {router_id};\n\
          protocol device {{ }}\n\
-         protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; }}\n\
-         protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; }}\n"
+         protocol kernel kernel4 {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
+         protocol kernel kernel6 {{ ipv6 {{ import none; export all; }}; merge paths on; }}\n"
     );
     for peer in peers {
         let mut options = String::new();
