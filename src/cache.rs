@@ -291,11 +291,14 @@ fn agent_report(
 ) -> (
     Option<crate::api::Announcer>,
     Option<crate::api::AddressConflict>,
+    Vec<crate::api::AnnouncingNode>,
 ) {
     let status = allocation.status.as_ref();
     (
         status.and_then(|s| s.announcer.clone()),
         status.and_then(|s| s.conflict.clone()),
+        // Who announces by BGP (the controller's summary): the Services' Announced follows.
+        status.map(|s| s.announcers.clone()).unwrap_or_default(),
     )
 }
 

@@ -70,7 +70,7 @@ fn crds_are_structural_and_carry_status_and_columns() {
             .collect();
         let wanted: &[&str] = match crd.spec.names.kind.as_str() {
             "IPPool" => &["Blocks", "Allocated", "Available", "Conflict", "Age"],
-            "IPAllocation" => &["IP", "Pool", "Services", "Node", "Phase", "Age"],
+            "IPAllocation" => &["IP", "Pool", "Services", "Nodes", "Phase", "Age"],
             "L2Announcement" => &["Pools", "Mode", "Age"],
             "BGPPeer" => &["Peer", "Peer ASN", "My ASN", "Established", "Ready", "Age"],
             "BGPAnnouncement" => &["Pools", "Peers", "Ready", "Age"],

@@ -116,7 +116,7 @@ pub struct IPPoolStatus {
     printcolumn = r#"{"name":"IP","type":"string","jsonPath":".spec.ip"}"#,
     printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.pool"}"#,
     printcolumn = r#"{"name":"Services","type":"string","jsonPath":".spec.services[*].name"}"#,
-    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.announcer.node"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.announcers[*].node"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -184,9 +184,14 @@ pub struct IPAllocationStatus {
     /// When the last Service left the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<Time>,
-    /// The node announcing the address.
+    /// The node announcing the address on the LAN (ARP/NDP), as its agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announcer: Option<Announcer>,
+    /// Every node announcing the address and how: the LAN announcer above (`l2`), and each
+    /// node whose BGP session with a router that gets the address is Established (`bgp`).
+    /// Written by the controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announcers: Vec<AnnouncingNode>,
     /// Another host on the LAN uses the address, as the agent of the node that should announce
     /// it found (a probe was answered, or another MAC announced it). The address is not
     /// announced while this lasts; the agent probes again every 10 s and clears it.
@@ -207,6 +212,20 @@ pub struct AddressConflict {
     pub mac: String,
     /// When it was first seen.
     pub since: Time,
+}
+
+/// One node announcing an address, and how.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub struct AnnouncingNode {
+    pub node: String,
+    /// `l2` (ARP/NDP on the LAN) or `bgp`.
+    pub via: String,
+    /// The interface (l2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// The BGPPeers that have the route (bgp).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
 }
 
 /// Where an address is announced.

@@ -7,10 +7,12 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 
+use super::bgp::BgpConfig;
 use super::conditions::{ANNOUNCED, Wanted};
 use super::placement::Placement;
 use crate::api::view;
 use crate::api::{IPAllocation, L2Announcement};
+use crate::core::bgp::announce;
 use crate::core::ownership::{self, Blocked, Unserved};
 
 /// How many nodes a message names before it counts the rest.
@@ -24,7 +26,8 @@ pub fn unserved(
     allocations: &[&IPAllocation],
     services: &[&Service],
     l2announcements: &[L2Announcement],
-) -> BTreeMap<IpAddr, Unserved> {
+    bgp: &BgpConfig,
+) -> BTreeMap<IpAddr, Why> {
     let waiting: Vec<&IPAllocation> = allocations
         .iter()
         .copied()
@@ -55,23 +58,58 @@ pub fn unserved(
         .into_iter()
         .filter_map(|allocation| {
             let address = view::address_view(allocation, &index, &ready)?;
-            let why = ownership::explain(&address, &rules, &nodes)?;
+            // Served when either way may announce it; otherwise the reason of the way that
+            // covers it (L2 first when both do).
+            let l2 = ownership::explain(&address, &rules, &nodes)?;
+            let by_bgp = if bgp.is_empty() {
+                Some(Unserved::NoAnnouncement)
+            } else {
+                announce::explain(&address, &bgp.peers, &bgp.announcements, &nodes)
+            }?;
+            let why = match (l2, by_bgp) {
+                (Unserved::NoAnnouncement, Unserved::NoAnnouncement) => Why {
+                    bgp: false,
+                    unserved: Unserved::NoAnnouncement,
+                },
+                (Unserved::NoAnnouncement, unserved) => Why {
+                    bgp: true,
+                    unserved,
+                },
+                (unserved, _) => Why {
+                    bgp: false,
+                    unserved,
+                },
+            };
             Some((address.ip, why))
         })
         .collect()
 }
 
+/// Why nobody may announce an address, and by which way (the one that covers it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Why {
+    /// The reason is BGP's (a BGPAnnouncement covers the address, no L2Announcement does).
+    pub bgp: bool,
+    pub unserved: Unserved,
+}
+
 /// The Announced condition for `ip` of `pool`, which nobody may announce because of `why`.
-pub fn condition(ip: IpAddr, pool: &str, why: &Unserved) -> Wanted {
-    match why {
+pub fn condition(ip: IpAddr, pool: &str, why: &Why) -> Wanted {
+    let kind = if why.bgp {
+        "BGPAnnouncement"
+    } else {
+        "L2Announcement"
+    };
+    match &why.unserved {
         Unserved::NoAnnouncement => Wanted::new(
             ANNOUNCED,
             false,
             "NoL2Announcement",
             format!(
-                "no L2Announcement covers {ip} (IPPool {pool}; an announcement's ipPools and \
-                 serviceSelector must both match), so nothing announces it: create one that \
-                 lists the pool (or lists no pools) and selects the Service"
+                "no L2Announcement or BGPAnnouncement covers {ip} (IPPool {pool}; an \
+                 announcement's ipPools and serviceSelector must both match), so nothing \
+                 announces it: create one that lists the pool (or lists no pools) and selects \
+                 the Service"
             ),
         ),
         Unserved::NoNodeSelected {
@@ -82,8 +120,7 @@ pub fn condition(ip: IpAddr, pool: &str, why: &Unserved) -> Wanted {
             false,
             "NoNodeSelected",
             format!(
-                "the cluster has no Node for L2Announcement {} to select, so nothing announces \
-                 {ip}",
+                "the cluster has no Node for {kind} {} to select, so nothing announces {ip}",
                 announcements.join(", ")
             ),
         ),
@@ -92,8 +129,8 @@ pub fn condition(ip: IpAddr, pool: &str, why: &Unserved) -> Wanted {
             false,
             "NoNodeSelected",
             format!(
-                "the nodeSelector of L2Announcement {} selects no node, so nothing announces \
-                 {ip}: label the nodes that should announce it, or change the selector",
+                "the nodeSelector of {kind} {} selects no node, so nothing announces {ip}: \
+                 label the nodes that should announce it, or change the selector",
                 announcements.join(", ")
             ),
         ),
@@ -200,6 +237,8 @@ mod tests {
                 "externalTrafficPolicy: Local",
             ),
             (one(Blocked::NoInterface), "NoUsableInterface", "link down"),
+            (one(Blocked::Cordoned), "NodesCordoned", "n1: cordoned"),
+            (one(Blocked::NoPeer), "NoBGPPeer", "n1: no BGPPeer"),
             (
                 Unserved::NoEligibleNode(vec![
                     ("n1".into(), Blocked::Excluded),
@@ -209,7 +248,11 @@ mod tests {
                 "n1: labelled",
             ),
         ];
-        for (why, reason, text) in cases {
+        for (unserved, reason, text) in cases {
+            let why = Why {
+                bgp: false,
+                unserved,
+            };
             let wanted = condition(ip, "lan", &why);
             assert!(!wanted.status, "{reason}");
             assert_eq!(wanted.reason, reason);
@@ -225,11 +268,32 @@ mod tests {
                 .map(|i| (format!("n{i}"), Blocked::NoLiveAgent))
                 .collect(),
         );
-        let message = condition(ip, "lan", &many).message;
+        let message = condition(
+            ip,
+            "lan",
+            &Why {
+                bgp: false,
+                unserved: many,
+            },
+        )
+        .message;
         assert!(
             message.contains("n4:") && !message.contains("n5:"),
             "{message}"
         );
         assert!(message.contains("and 3 more"), "{message}");
+        // A BGP reason names the BGPAnnouncement.
+        let bgp = Why {
+            bgp: true,
+            unserved: Unserved::NoNodeSelected {
+                announcements: vec!["routed".into()],
+                nodes: 2,
+            },
+        };
+        let message = condition(ip, "lan", &bgp).message;
+        assert!(
+            message.contains("BGPAnnouncement routed selects no node"),
+            "{message}"
+        );
     }
 }

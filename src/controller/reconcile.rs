@@ -23,17 +23,17 @@ use super::conditions::{
 use super::explain;
 use super::lease::LeaderGate;
 use super::placement::Placement;
+use crate::api::view;
 use crate::api::{
-    AllocationPhase, BGPAnnouncement, BGPPeer, IPAllocation, IPPool, L2Announcement,
-    LabelSelectorExt, allocation_object, l2_pool_names, patch_params, pool_spec, post_params,
-    service_view, time_from_seconds,
+    AllocationPhase, AnnouncingNode, BGPAnnouncement, BGPPeer, IPAllocation, IPPool,
+    L2Announcement, LabelSelectorExt, allocation_object, l2_pool_names, patch_params, pool_spec,
+    post_params, service_view, time_from_seconds,
 };
 use crate::cache::{Caches, valid};
 use crate::core::allocate::{Context, Decision, Denial, How, Ledger, LedgerEntry};
 use crate::core::category::Category;
 use crate::core::lifecycle::{decide_adopting, needs_decision, stale_holdings};
 use crate::core::names::allocation_name;
-use crate::core::ownership::Unserved;
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::range::Family;
 use crate::core::request::{Request, RequestError, RequestPolicy, ServiceRef, format_ip_list};
@@ -143,6 +143,8 @@ type AnnouncerChange = (
 struct AllocationChange {
     name: String,
     set_phase: bool,
+    /// `status.announcers` to write, when it differs.
+    announcers: Option<Vec<AnnouncingNode>>,
     wanted: Vec<Wanted>,
     existing: Vec<Condition>,
     services: Vec<ServiceRef>,
@@ -249,7 +251,7 @@ impl Reconciler {
     }
 
     /// Why nobody may announce each address that needs an announcer (see [`explain`]).
-    fn unserved(&self, seen: &BTreeMap<ServiceRef, Seen>) -> BTreeMap<IpAddr, Unserved> {
+    fn unserved(&self, seen: &BTreeMap<ServiceRef, Seen>) -> BTreeMap<IpAddr, explain::Why> {
         let Some(placement) = self.placement.as_ref().filter(|p| p.is_synced()) else {
             return BTreeMap::new();
         };
@@ -262,7 +264,72 @@ impl Reconciler {
             .filter(|e| !e.is_released())
             .filter_map(|e| state.objects.get(&e.ip))
             .collect();
-        explain::unserved(placement, &allocations, &services, &l2)
+        let bgp = bgp::BgpConfig::parse(
+            &valid(&self.caches.bgp_peers),
+            &valid(&self.caches.bgp_announcements),
+        );
+        explain::unserved(placement, &allocations, &services, &l2, &bgp)
+    }
+
+    /// Who announces each bound address (or only `only`): its LAN announcer as the agent
+    /// reports it, and the nodes announcing it by BGP ([`bgp::announcers`]). None until the
+    /// placement view has listed (nothing is written from an empty view).
+    fn announcer_lists(
+        &self,
+        only: Option<IpAddr>,
+    ) -> Option<BTreeMap<IpAddr, Vec<AnnouncingNode>>> {
+        let placement = self.placement.as_ref().filter(|p| p.is_synced())?;
+        let config = bgp::BgpConfig::parse(
+            &valid(&self.caches.bgp_peers),
+            &valid(&self.caches.bgp_announcements),
+        );
+        let allocations: Vec<IPAllocation> = {
+            let state = self.caches.ledger.lock();
+            state
+                .ledger
+                .entries()
+                .filter(|e| !e.is_released() && only.is_none_or(|ip| e.ip == ip))
+                .filter_map(|e| state.objects.get(&e.ip).cloned())
+                .collect()
+        };
+        let nodes = placement.nodes();
+        let sessions = placement.sessions();
+        let ready = placement.ready_nodes();
+        let services: Vec<Service> = valid(&self.services);
+        let index = view::index_services(services.iter());
+        let mut lists = BTreeMap::new();
+        for allocation in &allocations {
+            let Ok(ip) = allocation.spec.ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let mut list = Vec::new();
+            if let Some(a) = allocation
+                .status
+                .as_ref()
+                .and_then(|s| s.announcer.as_ref())
+            {
+                list.push(AnnouncingNode {
+                    node: a.node.clone(),
+                    via: "l2".into(),
+                    interface: Some(a.interface.clone()),
+                    peers: Vec::new(),
+                });
+            }
+            if !config.is_empty()
+                && let Some(address) = view::address_view(allocation, &index, &ready)
+            {
+                for (node, peers) in bgp::announcers(&address, &config, &nodes, &sessions) {
+                    list.push(AnnouncingNode {
+                        node,
+                        via: "bgp".into(),
+                        interface: None,
+                        peers,
+                    });
+                }
+            }
+            lists.insert(ip, list);
+        }
+        Some(lists)
     }
 
     fn context(&self) -> Context {
@@ -374,7 +441,7 @@ impl Reconciler {
 
     /// [`Reconciler::unserved`] for one Service's addresses: only the Services sharing them are
     /// read, so reconciling each Service stays independent of how many there are.
-    fn unserved_of(&self, service: &ServiceRef) -> BTreeMap<IpAddr, Unserved> {
+    fn unserved_of(&self, service: &ServiceRef) -> BTreeMap<IpAddr, explain::Why> {
         let Some(placement) = self.placement.as_ref().filter(|p| p.is_synced()) else {
             return BTreeMap::new();
         };
@@ -404,7 +471,11 @@ impl Reconciler {
         let allocations: Vec<&IPAllocation> = allocations.iter().collect();
         let services: Vec<&Service> = services.iter().collect();
         let l2 = valid(&self.caches.l2announcements);
-        explain::unserved(placement, &allocations, &services, &l2)
+        let bgp = bgp::BgpConfig::parse(
+            &valid(&self.caches.bgp_peers),
+            &valid(&self.caches.bgp_announcements),
+        );
+        explain::unserved(placement, &allocations, &services, &l2, &bgp)
     }
 
     async fn run_pass(&self, with_objects: bool) -> PassReport {
@@ -737,12 +808,18 @@ impl Reconciler {
     /// Bound allocations get `phase: Bound` (the webhook creates them without status), and
     /// those outside every pool are reported (condition + Event) and kept.
     async fn allocation_status(&self, ctx: &Context, report: &mut PassReport) {
+        let lists = self.announcer_lists(None);
         let changes: Vec<AllocationChange> = self.ledger.read(|snapshot| {
             snapshot
                 .ledger
                 .entries()
                 .filter(|e| !e.is_released())
-                .filter_map(|entry| Self::allocation_change(entry, snapshot))
+                .filter_map(|entry| {
+                    let announcers = lists
+                        .as_ref()
+                        .map(|l| l.get(&entry.ip).cloned().unwrap_or_default());
+                    Self::allocation_change(entry, snapshot, announcers)
+                })
                 .collect()
         });
         for change in changes {
@@ -760,10 +837,12 @@ impl Reconciler {
     fn allocation_change(
         entry: &LedgerEntry,
         snapshot: &crate::webhook::ledger::Snapshot<'_>,
+        announcers: Option<Vec<AnnouncingNode>>,
     ) -> Option<AllocationChange> {
         let object = snapshot.objects.get(&entry.ip)?;
         let status = object.status.clone().unwrap_or_default();
         let set_phase = status.phase != Some(AllocationPhase::Bound);
+        let announcers = announcers.filter(|wanted| *wanted != status.announcers);
         let outside = snapshot.pools.pool_of(&entry.ip).is_none();
         let was_marked = status.conditions.iter().any(|c| c.type_ == ORPHANED);
         let orphaned = if outside {
@@ -815,12 +894,13 @@ impl Reconciler {
         }
         .filter(|w| !w.is_met_by(&status.conditions, None));
         let wanted: Vec<Wanted> = orphaned.into_iter().chain(conflict).collect();
-        if !set_phase && wanted.is_empty() {
+        if !set_phase && wanted.is_empty() && announcers.is_none() {
             return None;
         }
         Some(AllocationChange {
             name: object.name_any(),
             set_phase,
+            announcers,
             wanted,
             existing: status.conditions,
             services: entry.members.iter().map(|m| m.service.clone()).collect(),
@@ -838,6 +918,14 @@ impl Reconciler {
         let mut status = json!({});
         if change.set_phase {
             status["phase"] = json!("Bound");
+        }
+        if let Some(announcers) = &change.announcers {
+            // A merge patch replaces the list whole; empty = null removes it.
+            status["announcers"] = if announcers.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json!(announcers)
+            };
         }
         if !change.wanted.is_empty() {
             status["conditions"] = json!(conditions::merged(
@@ -889,9 +977,13 @@ impl Reconciler {
             return Ok(report);
         };
         let ctx = self.context();
+        let lists = self.announcer_lists(Some(ip));
         let change = self.ledger.read(|snapshot| {
             let entry = snapshot.ledger.get(&ip).filter(|e| !e.is_released())?;
-            Self::allocation_change(entry, snapshot)
+            let announcers = lists
+                .as_ref()
+                .map(|l| l.get(&ip).cloned().unwrap_or_default());
+            Self::allocation_change(entry, snapshot, announcers)
         });
         if let Some(change) = change {
             self.write_allocation(change, &ctx, &mut report).await?;
@@ -905,7 +997,7 @@ impl Reconciler {
         &self,
         service: &ServiceRef,
         item: &Seen,
-        unserved: &BTreeMap<IpAddr, Unserved>,
+        unserved: &BTreeMap<IpAddr, explain::Why>,
         ctx: &Context,
         report: &mut PassReport,
     ) -> Result<(), ReconcileError> {
@@ -1014,7 +1106,7 @@ impl Reconciler {
     fn wanted_conditions(
         &self,
         request: &Request,
-        unserved: &BTreeMap<IpAddr, Unserved>,
+        unserved: &BTreeMap<IpAddr, explain::Why>,
     ) -> (Vec<IpAddr>, Vec<Wanted>) {
         self.ledger.read(|snapshot| {
             let mut held: Vec<&LedgerEntry> = snapshot
@@ -1075,15 +1167,29 @@ impl Reconciler {
                     continue;
                 }
                 let announcer = status.and_then(|s| s.announcer.as_ref());
+                let by_bgp: Vec<&str> = status
+                    .iter()
+                    .flat_map(|s| &s.announcers)
+                    .filter(|a| a.via == "bgp")
+                    .map(|a| a.node.as_str())
+                    .collect();
                 match announcer {
                     Some(a) => announced.push(format!(
                         "{} by node {} on interface {}",
                         entry.ip, a.node, a.interface
                     )),
+                    None if !by_bgp.is_empty() => announced.push(format!(
+                        "{} by BGP from node{} {}",
+                        entry.ip,
+                        if by_bgp.len() == 1 { "" } else { "s" },
+                        by_bgp.join(", ")
+                    )),
                     None => {
                         let covered = snapshot.l2announcements.iter().any(|l2| {
                             let pools = l2_pool_names(l2);
                             pools.is_empty() || pools.contains(&entry.pool)
+                        }) || snapshot.bgp_announcements.iter().any(|a| {
+                            a.spec.ip_pools.is_empty() || a.spec.ip_pools.contains(&entry.pool)
                         });
                         pending.push((entry.ip, entry.pool.clone(), covered));
                     }
@@ -1111,8 +1217,8 @@ impl Reconciler {
                     false,
                     "NoL2Announcement",
                     format!(
-                        "no L2Announcement selects IPPool {pool}, so nothing announces {ip}; \
-                         create one that lists the pool (or lists no pools)"
+                        "no L2Announcement or BGPAnnouncement selects IPPool {pool}, so nothing \
+                         announces {ip}; create one that lists the pool (or lists no pools)"
                     ),
                 )
             } else {
