@@ -1,13 +1,16 @@
 //! kube-vip: the `kubevip` ConfigMap of kube-vip-cloud-provider (the pools), and the kube-vip
-//! DaemonSet or static Pod (its environment: services mode becomes an L2Announcement,
-//! control-plane mode the output of `vipam manifest` for the same VIP, interface and port).
+//! DaemonSet or static Pod (its environment: services mode becomes an L2Announcement, or with
+//! BGP BGPPeers and a BGPAnnouncement; control-plane mode the output of `vipam manifest` for the
+//! same VIP, interface and port).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
+use super::bgp::{self, Timers};
 use super::{
     Blocks, Ctx, Imported, Object, interface_pattern, new_pool, selectors, string_map, truthy,
 };
@@ -19,7 +22,8 @@ use crate::manifest::{self, ManifestOptions};
 const CONFIG_MAP: &str = "kubevip";
 /// Prefix of the pools this import writes (`kube-vip-global`, `kube-vip-<namespace>`).
 const POOL_PREFIX: &str = "kube-vip-";
-/// Name of the L2Announcement written for services mode.
+/// Name of the L2Announcement (and BGPAnnouncement) written for services mode; its BGPPeers are
+/// `kube-vip-1`, `kube-vip-2`, ...
 const L2_NAME: &str = "kube-vip";
 
 pub(super) fn import(documents: &[Document], out: &mut Imported) {
@@ -193,6 +197,23 @@ const READ: &[&str] = &[
     "vip_nodename",
 ];
 
+/// BGP settings read by [`bgp_mode`].
+const BGP_READ: &[&str] = &[
+    "bgp_enable",
+    "bgp_routerid",
+    "bgp_routerinterface",
+    "bgp_as",
+    "bgp_peeraddress",
+    "bgp_peeras",
+    "bgp_peerpass",
+    "bgp_multihop",
+    "bgp_sourceip",
+    "bgp_sourceif",
+    "bgp_peers",
+    "bgp_hold_time",
+    "bgp_keepalive_interval",
+];
+
 struct Env {
     values: BTreeMap<String, Option<String>>,
     field: String,
@@ -258,9 +279,7 @@ fn workload(ctx: &mut Ctx<'_>, value: &Value, shape: Shape, index: usize, contai
         field: format!("{pod_path}.containers[{index}].env"),
     };
     for name in env.values.keys() {
-        if name.starts_with("bgp_") {
-            ctx.bgp(&env.at(name));
-        } else if !READ.contains(&name.as_str()) {
+        if !READ.contains(&name.as_str()) && !BGP_READ.contains(&name.as_str()) {
             ctx.lost(
                 &env.at(name),
                 "a kube-vip setting vipam has no equivalent for: not converted",
@@ -271,6 +290,16 @@ fn workload(ctx: &mut Ctx<'_>, value: &Value, shape: Shape, index: usize, contai
     let services = env.flag(ctx, "svc_enable");
     let arp = env.flag(ctx, "vip_arp");
     let bgp = env.flag(ctx, "bgp_enable");
+    if !bgp {
+        for name in env.values.keys().filter(|n| n.starts_with("bgp_")) {
+            if name != "bgp_enable" {
+                ctx.lost(
+                    &env.at(name),
+                    "bgp_enable is not true, so kube-vip does not use this setting: not converted",
+                );
+            }
+        }
+    }
     if !control_plane && !services {
         ctx.lost(
             &env.field,
@@ -279,15 +308,12 @@ fn workload(ctx: &mut Ctx<'_>, value: &Value, shape: Shape, index: usize, contai
         );
         return;
     }
-    if !arp {
-        let why = if bgp {
-            "kube-vip announces by BGP here; vipam has no BGP mode yet: not converted".to_string()
-        } else {
+    if !arp && !bgp {
+        ctx.lost(
+            &env.at("vip_arp"),
             "vip_arp is not true and BGP is off (routing-table or other modes): vipam announces \
-             by ARP/NDP only: not converted"
-                .to_string()
-        };
-        ctx.lost(&env.at("vip_arp"), why);
+             by ARP/NDP or BGP only: not converted",
+        );
         return;
     }
     if env.get("vip_leaderelection").map(truthy) == Some(Some(false)) {
@@ -318,10 +344,26 @@ fn workload(ctx: &mut Ctx<'_>, value: &Value, shape: Shape, index: usize, contai
         Shape::DaemonSet => &value["spec"]["template"]["spec"],
     };
     if services {
-        services_mode(ctx, &env, pod_spec, pod_path, control_plane);
+        services_mode(ctx, &env, pod_spec, pod_path, control_plane, arp);
+        if bgp {
+            let node_labels = string_map(pod_spec.get("nodeSelector"));
+            bgp_mode(ctx, &env, selectors::from_map(&node_labels));
+        }
+    } else if bgp {
+        ctx.lost(
+            &env.at("bgp_enable"),
+            "BGP without svc_enable: kube-vip announces only the control-plane VIP by BGP, which \
+             vipam announces by ARP/NDP (vipam manifest): not converted",
+        );
     }
-    if control_plane {
+    if control_plane && arp {
         control_plane_mode(ctx, &env, value, pod_spec, shape);
+    } else if control_plane {
+        ctx.lost(
+            &env.at("cp_enable"),
+            "the control-plane VIP is announced by BGP here; vipam's control-plane VIP (vipam \
+             manifest) is announced by ARP/NDP only: not converted",
+        );
     } else if let Some(address) = env.get("address").or(env.get("vip_address")) {
         ctx.lost(
             &env.at("address"),
@@ -332,7 +374,14 @@ fn workload(ctx: &mut Ctx<'_>, value: &Value, shape: Shape, index: usize, contai
     }
 }
 
-fn services_mode(ctx: &mut Ctx<'_>, env: &Env, pod_spec: &Value, pod_path: &str, cp: bool) {
+fn services_mode(
+    ctx: &mut Ctx<'_>,
+    env: &Env,
+    pod_spec: &Value,
+    pod_path: &str,
+    cp: bool,
+    arp: bool,
+) {
     let interface = env
         .get("vip_servicesinterface")
         .or(env.get("vip_interface"))
@@ -341,7 +390,7 @@ fn services_mode(ctx: &mut Ctx<'_>, env: &Env, pod_spec: &Value, pod_path: &str,
     if pod_spec.get("affinity").is_some() {
         ctx.lost(
             &format!("{pod_path}.affinity"),
-            "which nodes run kube-vip by affinity: not converted to the L2Announcement's \
+            "which nodes run kube-vip by affinity: not converted to the announcement's \
              nodeSelector; write the matching nodeSelector by hand",
         );
     }
@@ -361,6 +410,9 @@ fn services_mode(ctx: &mut Ctx<'_>, env: &Env, pod_spec: &Value, pod_path: &str,
             }
         }
     }
+    if !arp {
+        return;
+    }
     let spec = L2AnnouncementSpec {
         service_selector: None,
         ip_pools: Vec::new(),
@@ -370,6 +422,288 @@ fn services_mode(ctx: &mut Ctx<'_>, env: &Env, pod_spec: &Value, pod_path: &str,
         mode: AnnouncementMode::Arp,
     };
     ctx.emit(Object::L2(Box::new(L2Announcement::new(L2_NAME, spec))));
+}
+
+/// TTL kube-vip gives eBGP multihop sessions (its GoBGP peer configuration).
+const MULTIHOP_TTL: u8 = 50;
+/// kube-vip's AS number when `bgp_as` / `bgp_peeras` are unset.
+const DEFAULT_ASN: u32 = 65000;
+
+/// One peer as kube-vip's environment describes it.
+struct KubeVipPeer {
+    field: String,
+    address: String,
+    asn: u32,
+    /// Where a password was found.
+    password: Option<String>,
+    multihop: bool,
+    port: u16,
+}
+
+/// Services announced by BGP: BGPPeers `kube-vip-1`, ... (`bgp_peeraddress` first, then the
+/// entries of `bgp_peers`), and BGPAnnouncement `kube-vip` of every pool to them, from the nodes
+/// kube-vip runs on.
+fn bgp_mode(ctx: &mut Ctx<'_>, env: &Env, node_selector: Option<LabelSelector>) {
+    let asn = |ctx: &mut Ctx<'_>, name: &str| match env.get(name) {
+        None => Some(DEFAULT_ASN),
+        Some(text) => bgp::asn(ctx, &env.at(name), Some(&Value::String(text.to_string()))),
+    };
+    let Some(my_asn) = asn(ctx, "bgp_as") else {
+        return;
+    };
+    if env.values.contains_key("bgp_routerid") {
+        match env.get("bgp_routerid") {
+            None => ctx.changed(
+                &env.at("bgp_routerid"),
+                "set from the downward API (the node's address): vipam's router ID is each \
+                 node's IPv4 InternalIP (or its annotation vipam.io/bgp-router-id), the same \
+                 address on most clusters",
+            ),
+            Some(id) => ctx.lost(
+                &env.at("bgp_routerid"),
+                format!(
+                    "{id}: vipam's router ID is each node's IPv4 InternalIP, or the node's \
+                     annotation vipam.io/bgp-router-id; not converted: annotate the nodes to \
+                     choose it"
+                ),
+            ),
+        }
+    }
+    for (name, why) in [
+        (
+            "bgp_routerinterface",
+            "vipam's router ID is each node's IPv4 InternalIP, or the node's annotation \
+             vipam.io/bgp-router-id: not converted",
+        ),
+        (
+            "bgp_sourceif",
+            "vipam connects from the address the routing table chooses, or the BGPPeer's \
+             sourceAddress: not converted",
+        ),
+    ] {
+        if env.values.contains_key(name) {
+            ctx.lost(&env.at(name), why);
+        }
+    }
+    let source = if env.values.contains_key("bgp_sourceip") {
+        match env.get("bgp_sourceip") {
+            None => {
+                ctx.changed(
+                    &env.at("bgp_sourceip"),
+                    "set from the downward API (the node's address): vipam lets the routing \
+                     table choose the source, the node's address towards the router",
+                );
+                None
+            }
+            Some(ip) => Some(ip.trim().to_string()),
+        }
+    } else {
+        None
+    };
+    let hold = env
+        .get("bgp_hold_time")
+        .and_then(|v| bgp::whole_seconds(ctx, &env.at("bgp_hold_time"), &Value::String(v.into())));
+    let keepalive = env.get("bgp_keepalive_interval").and_then(|v| {
+        bgp::whole_seconds(
+            ctx,
+            &env.at("bgp_keepalive_interval"),
+            &Value::String(v.into()),
+        )
+    });
+    let mut peers = Vec::new();
+    if let Some(address) = env.get("bgp_peeraddress").filter(|a| !a.trim().is_empty()) {
+        if let Some(peer_asn) = asn(ctx, "bgp_peeras") {
+            peers.push(KubeVipPeer {
+                field: env.at("bgp_peeraddress"),
+                address: address.trim().to_string(),
+                asn: peer_asn,
+                password: env
+                    .values
+                    .get("bgp_peerpass")
+                    .filter(|v| v.as_deref() != Some(""))
+                    .map(|_| env.at("bgp_peerpass")),
+                multihop: env.flag(ctx, "bgp_multihop"),
+                port: 179,
+            });
+        }
+    } else {
+        for name in ["bgp_peeras", "bgp_peerpass", "bgp_multihop"] {
+            if env.values.contains_key(name) {
+                ctx.lost(
+                    &env.at(name),
+                    "no bgp_peeraddress: kube-vip does not use this setting: not converted",
+                );
+            }
+        }
+    }
+    if let Some(list) = env.get("bgp_peers") {
+        let field = env.at("bgp_peers");
+        for (index, entry) in list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
+            if let Some(peer) = parse_peer(ctx, &format!("{field}[{index}]"), entry) {
+                peers.push(peer);
+            }
+        }
+    }
+    if peers.is_empty() {
+        ctx.lost(
+            &env.at("bgp_enable"),
+            "no peer in bgp_peeraddress or bgp_peers could be converted: nothing announces by \
+             BGP",
+        );
+        return;
+    }
+    let mut names = Vec::new();
+    for (index, peer) in peers.into_iter().enumerate() {
+        let name = format!("{L2_NAME}-{}", index + 1);
+        let Some(address) = bgp::peer_address(ctx, &peer.field, &peer.address) else {
+            continue;
+        };
+        let mut spec = bgp::new_peer(address.to_string(), peer.asn, my_asn);
+        spec.peer_port = peer.port;
+        spec.source_address = source.clone();
+        spec.node_selector = node_selector.clone();
+        bgp::timers(
+            ctx,
+            Timers {
+                hold_field: &env.at("bgp_hold_time"),
+                hold,
+                keepalive,
+                hold_default: None,
+                unset: "kube-vip leaves the hold time to GoBGP's default",
+            },
+            &mut spec,
+        );
+        if peer.multihop {
+            spec.ebgp_multi_hop = Some(MULTIHOP_TTL);
+            ctx.changed(
+                &peer.field,
+                format!(
+                    "multihop: written as ebgpMultiHop {MULTIHOP_TTL} (a TTL), the TTL kube-vip \
+                     gives multihop sessions"
+                ),
+            );
+        }
+        if let Some(field) = &peer.password {
+            spec.password_secret_ref = Some(bgp::password_ref(
+                ctx,
+                field,
+                &name,
+                "a password in kube-vip's environment",
+            ));
+        }
+        bgp::emit_peer(ctx, &peer.field, &name, spec);
+        names.push(name);
+    }
+    if names.is_empty() {
+        return;
+    }
+    let mut spec = bgp::new_announcement();
+    spec.node_selector = node_selector;
+    spec.peers = names;
+    bgp::emit_announcement(ctx, &env.at("bgp_enable"), L2_NAME, spec);
+}
+
+/// One entry of `bgp_peers`: `<address>:<AS>[:<password>[:<multihop>[:<port>[:<MP-BGP
+/// options>[:<BFD options>]]]]]`, an IPv6 address in brackets (`[2001:db8::1]:64512`); older
+/// kube-vip wrote MP-BGP options after a `/`.
+fn parse_peer(ctx: &mut Ctx<'_>, field: &str, entry: &str) -> Option<KubeVipPeer> {
+    let (entry, options) = match entry.split_once('/') {
+        Some((peer, options)) => (peer, Some(options)),
+        None => (entry, None),
+    };
+    if let Some(options) = options.filter(|o| !o.is_empty()) {
+        ctx.lost(
+            field,
+            format!("MP-BGP options {options:?}: vipam announces each family to peers of that family only: not converted"),
+        );
+    }
+    if entry.starts_with("unnumbered:") {
+        ctx.lost(
+            field,
+            format!("{entry}: unnumbered BGP; vipam peers with an address: not converted"),
+        );
+        return None;
+    }
+    let split = match entry.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .map(|(address, rest)| (address, rest.strip_prefix(':').unwrap_or(rest))),
+        None => entry.split_once(':'),
+    };
+    let Some((address, rest)) = split else {
+        ctx.lost(
+            field,
+            format!("{entry:?} is not <address>:<AS>: the peer is not converted"),
+        );
+        return None;
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let asn = bgp::asn(ctx, field, Some(&Value::String(parts[0].to_string())))?;
+    let part = |i: usize| parts.get(i).copied().unwrap_or("").trim();
+    let multihop = match truthy(part(2)) {
+        Some(b) => b,
+        None => {
+            ctx.lost(
+                field,
+                format!("multihop {:?} is not true or false: read as false", part(2)),
+            );
+            false
+        }
+    };
+    let port = match part(3) {
+        "" => 179,
+        text => match text.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => {
+                ctx.lost(
+                    field,
+                    format!("port {text:?} is not a TCP port: not converted (179 written)"),
+                );
+                179
+            }
+        },
+    };
+    if !part(4).is_empty() {
+        ctx.lost(
+            field,
+            format!(
+                "MP-BGP options {:?}: vipam announces each family to peers of that family only: \
+                 not converted",
+                part(4)
+            ),
+        );
+    }
+    if !part(5).is_empty() {
+        ctx.lost(
+            field,
+            format!(
+                "BFD options {:?}: vipam has no BFD; the session notices a dead router by its \
+                 hold time only: not converted",
+                part(5)
+            ),
+        );
+    }
+    if parts.len() > 6 {
+        ctx.lost(
+            field,
+            format!(
+                "{entry:?} has more fields than kube-vip's peer format: the rest is not converted"
+            ),
+        );
+    }
+    Some(KubeVipPeer {
+        field: field.to_string(),
+        address: address.to_string(),
+        asn,
+        password: (!part(1).is_empty()).then(|| field.to_string()),
+        multihop,
+        port,
+    })
 }
 
 fn control_plane_mode(ctx: &mut Ctx<'_>, env: &Env, value: &Value, pod_spec: &Value, shape: Shape) {

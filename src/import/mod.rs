@@ -3,6 +3,7 @@
 //! out. Every setting that has no vipam equivalent, or that changes on the way, is a [`Warning`]
 //! naming the file, the object and the field; nothing is dropped silently.
 
+mod bgp;
 mod cilium;
 mod kube_vip;
 mod metallb;
@@ -21,7 +22,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::{self, IPPool, IPPoolBlock, L2Announcement};
+use crate::api::{self, BGPAnnouncement, BGPPeer, IPPool, IPPoolBlock, L2Announcement};
 use crate::check::{Document, LoadError, load};
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::range::{FamilySets, IpRange};
@@ -68,6 +69,8 @@ impl fmt::Display for Warning {
 pub enum Object {
     Pool(Box<IPPool>),
     L2(Box<L2Announcement>),
+    Peer(Box<BGPPeer>),
+    Bgp(Box<BGPAnnouncement>),
     Pod(Box<Pod>),
     ServiceAccount(Box<ServiceAccount>),
     Role(Box<Role>),
@@ -80,6 +83,8 @@ impl Object {
         match self {
             Object::Pool(_) => "IPPool",
             Object::L2(_) => "L2Announcement",
+            Object::Peer(_) => "BGPPeer",
+            Object::Bgp(_) => "BGPAnnouncement",
             Object::Pod(_) => "Pod",
             Object::ServiceAccount(_) => "ServiceAccount",
             Object::Role(_) => "Role",
@@ -88,16 +93,19 @@ impl Object {
         }
     }
 
-    /// Output order: pools, announcements, then the control-plane manifests in apply order.
+    /// Output order: pools, announcements (L2, then BGP peers and announcements), then the
+    /// control-plane manifests in apply order.
     fn rank(&self) -> u8 {
         match self {
             Object::Pool(_) => 0,
             Object::L2(_) => 1,
-            Object::ServiceAccount(_) => 2,
-            Object::Role(_) => 3,
-            Object::RoleBinding(_) => 4,
-            Object::DaemonSet(_) => 5,
-            Object::Pod(_) => 6,
+            Object::Peer(_) => 2,
+            Object::Bgp(_) => 3,
+            Object::ServiceAccount(_) => 4,
+            Object::Role(_) => 5,
+            Object::RoleBinding(_) => 6,
+            Object::DaemonSet(_) => 7,
+            Object::Pod(_) => 8,
         }
     }
 
@@ -105,6 +113,8 @@ impl Object {
         let meta = match self {
             Object::Pool(o) => &o.metadata,
             Object::L2(o) => &o.metadata,
+            Object::Peer(o) => &o.metadata,
+            Object::Bgp(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::ServiceAccount(o) => &o.metadata,
             Object::Role(o) => &o.metadata,
@@ -119,6 +129,8 @@ impl Object {
         let text = match self {
             Object::Pool(o) => serde_saphyr::to_string(o)?,
             Object::L2(o) => serde_saphyr::to_string(o)?,
+            Object::Peer(o) => serde_saphyr::to_string(o)?,
+            Object::Bgp(o) => serde_saphyr::to_string(o)?,
             Object::Pod(o) => serde_saphyr::to_string(o)?,
             Object::ServiceAccount(o) => serde_saphyr::to_string(o)?,
             Object::Role(o) => serde_saphyr::to_string(o)?,
@@ -337,10 +349,6 @@ impl<'a> Ctx<'a> {
         self.warn(Outcome::Lost, field, message);
     }
 
-    fn bgp(&mut self, field: &str) {
-        self.lost(field, BGP_NOT_YET);
-    }
-
     fn emit(&mut self, object: Object) {
         self.out.objects.push(Converted {
             object,
@@ -379,9 +387,6 @@ impl<'a> Ctx<'a> {
         }
     }
 }
-
-/// The message of every BGP setting.
-pub const BGP_NOT_YET: &str = "vipam has no BGP mode yet: not converted";
 
 /// Addresses as the other tools write them, turned into vipam blocks.
 #[derive(Debug, Default)]

@@ -280,3 +280,171 @@ fn booleans_in_strings() {
         assert_eq!(truthy(text), expected, "{text:?}");
     }
 }
+
+fn peers(imported: &Imported) -> Vec<&BGPPeer> {
+    imported
+        .objects
+        .iter()
+        .filter_map(|c| match &c.object {
+            Object::Peer(p) => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kube_vip_env(env: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: kube-vip, namespace: kube-system}}\nspec:\n  containers:\n    - name: kube-vip\n      image: ghcr.io/kube-vip/kube-vip:v0.8.9\n      env:\n{env}"
+    )
+}
+
+#[test]
+fn kube_vip_bgp_peers_entries() {
+    let imported = run(&kube_vip_env(
+        "        - {name: svc_enable, value: \"true\"}\n        - {name: bgp_enable, value: \"true\"}\n        - {name: bgp_peers, value: \"192.0.2.1:64496,unnumbered:eth0:64497,192.0.2.2:64498::false::mpbgp_nexthop=fixed,192.0.2.3:64499::false:::true;300;300;3,192.0.2.4:notanas,192.0.2.5:64500/mpbgp_nexthop=auto_sourceip\"}\n        - {name: bgp_routerid, value: 192.0.2.100}\n",
+    ));
+    let names: Vec<(&str, &str)> = peers(&imported)
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.as_deref().unwrap(),
+                p.spec.peer_address.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("kube-vip-1", "192.0.2.1"),
+            ("kube-vip-2", "192.0.2.2"),
+            ("kube-vip-3", "192.0.2.3"),
+            ("kube-vip-4", "192.0.2.5"),
+        ]
+    );
+    assert!(
+        peers(&imported).iter().all(|p| p.spec.my_asn == 65000),
+        "kube-vip's default bgp_as"
+    );
+    let lost: Vec<&str> = imported
+        .warnings
+        .iter()
+        .filter(|w| w.outcome == Outcome::Lost)
+        .map(|w| w.message.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        lost,
+        [
+            "192.0.2.100",
+            "unnumbered",
+            "MP-BGP options \"mpbgp_nexthop=fixed\"",
+            "BFD options \"true;300;300;3\"",
+            "\"notanas\" is not an AS number (1 to 4294967295)",
+            "MP-BGP options \"mpbgp_nexthop=auto_sourceip\"",
+        ]
+        .map(|m| m.split(':').next().unwrap())
+    );
+    let field = |needle: &str| {
+        imported
+            .warnings
+            .iter()
+            .find(|w| w.message.contains(needle))
+            .map(|w| w.field.clone())
+            .unwrap()
+    };
+    assert_eq!(field("BFD options"), "spec.containers[0].env[bgp_peers][3]");
+    assert_eq!(field("192.0.2.100"), "spec.containers[0].env[bgp_routerid]");
+}
+
+#[test]
+fn kube_vip_bgp_settings_without_bgp_enable_are_named() {
+    let imported = run(&kube_vip_env(
+        "        - {name: svc_enable, value: \"true\"}\n        - {name: vip_arp, value: \"true\"}\n        - {name: bgp_as, value: \"64512\"}\n",
+    ));
+    assert_eq!(
+        fields(&imported, Outcome::Lost),
+        ["spec.containers[0].env[bgp_as]"]
+    );
+    assert!(peers(&imported).is_empty());
+    // The control plane by BGP is not converted (vipam's control-plane VIP is ARP/NDP).
+    let imported = run(&kube_vip_env(
+        "        - {name: cp_enable, value: \"true\"}\n        - {name: bgp_enable, value: \"true\"}\n        - {name: address, value: 192.0.2.50}\n        - {name: bgp_peeraddress, value: 192.0.2.1}\n",
+    ));
+    assert_eq!(
+        fields(&imported, Outcome::Lost),
+        [
+            "spec.containers[0].env[bgp_enable]",
+            "spec.containers[0].env[cp_enable]"
+        ]
+    );
+}
+
+#[test]
+fn metallb_peer_asn_and_timers() {
+    let peer = |spec: &str| {
+        run(&format!(
+            "apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {{name: p, namespace: metallb-system}}\nspec: {{myASN: 64512, peerAddress: 192.0.2.1, {spec}}}\n"
+        ))
+    };
+    let external = peer("dynamicASN: external");
+    assert!(peers(&external).is_empty());
+    assert_eq!(fields(&external, Outcome::Lost), ["spec.dynamicASN"]);
+    let missing = peer("holdTime: 9s");
+    assert_eq!(fields(&missing, Outcome::Lost), ["spec.peerASN"]);
+    let fractional = peer("peerASN: 64496, holdTime: 1.5s");
+    assert_eq!(
+        fields(&fractional, Outcome::Lost),
+        ["spec.holdTime"],
+        "vipam's timers are whole seconds"
+    );
+    // A hold time vipam refuses: the peer is not written, the reason is named.
+    let short = peer("peerASN: 64496, holdTime: 2s");
+    assert!(peers(&short).is_empty());
+    assert!(
+        short.warnings[0].message.contains("spec.holdTime: 2s"),
+        "{}",
+        short.warnings[0]
+    );
+    let exact = peer("peerASN: 64496, holdTime: 1m30s, keepaliveTime: 10s");
+    let spec = &peers(&exact)[0].spec;
+    assert_eq!(
+        (spec.hold_time.as_str(), spec.keepalive_time.as_deref()),
+        ("90s", Some("10s"))
+    );
+    assert!(exact.warnings.is_empty(), "{:?}", exact.warnings);
+}
+
+#[test]
+fn cilium_virtual_routers_name_their_peers() {
+    let imported = run(
+        "apiVersion: cilium.io/v2alpha1\nkind: CiliumBGPPeeringPolicy\nmetadata: {name: p}\nspec:\n  virtualRouters:\n    - localASN: 64512\n      serviceSelector: {matchLabels: {a: b}}\n      neighbors: [{peerAddress: 192.0.2.1/32, peerASN: 64496}]\n    - localASN: 64513\n      serviceSelector: {matchLabels: {a: b}}\n      serviceAdvertisements: [ClusterIP]\n      neighbors: [{peerAddress: 192.0.2.1/32, peerASN: 64496, keepAliveTimeSeconds: 60}]\n",
+    );
+    let peers = peers(&imported);
+    let names: Vec<&str> = peers
+        .iter()
+        .map(|p| p.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(names, ["p-1-192-0-2-1", "p-2-192-0-2-1"]);
+    assert_eq!(
+        peers[1].spec.keepalive_time.as_deref(),
+        Some("60s"),
+        "not a third of Cilium's 90s hold time"
+    );
+    let announcements: Vec<&str> = imported
+        .objects
+        .iter()
+        .filter(|c| c.object.kind() == "BGPAnnouncement")
+        .map(|c| c.object.name())
+        .collect();
+    assert_eq!(
+        announcements,
+        ["p-1"],
+        "the second announces no LoadBalancer IP"
+    );
+    assert_eq!(
+        fields(&imported, Outcome::Lost),
+        [
+            "spec.virtualRouters[1].serviceAdvertisements",
+            "spec.virtualRouters[1].serviceAdvertisements"
+        ]
+    );
+}
