@@ -96,7 +96,23 @@ impl Lab {
     /// (203.0.113.0/24 on `eth1`) and the API server is reached over it only, so a node that
     /// loses its first LAN still renews its Lease.
     fn start(management: bool) -> Lab {
-        let net = Netlab::standard();
+        Lab::start_on(Netlab::standard(), management)
+    }
+
+    /// The LAN with a BGP router host `router` (.1) as well (for BIRD).
+    fn start_with_router() -> Lab {
+        let net = Netlab::new(&[
+            ("node1", 11),
+            ("node2", 12),
+            ("node3", 13),
+            ("client", 100),
+            ("api", 5),
+            ("router", 1),
+        ]);
+        Lab::start_on(net, false)
+    }
+
+    fn start_on(net: Netlab, management: bool) -> Lab {
         let (workload_stop, workloads) = agentlab::start_workloads(&net);
         let api_address = if management {
             net.add_management_network(&["node1", "node2", "node3", "api"]);
@@ -504,6 +520,149 @@ fn an_address_in_use_on_the_lan_is_reported_and_recovers() {
             .is_some_and(|(s, _, _)| s == "True")
             .then_some(())
     });
+    assert_no_forbidden(&agents.logs);
+    vipam.assert_no_forbidden();
+}
+
+/// BGP on the real API server: a BGPPeer with an invalid field is refused at `kubectl apply`
+/// naming the field; valid BGPPeer and BGPAnnouncement objects make every agent peer with BIRD,
+/// which learns the Service's address from all three nodes; the controller reports each
+/// node's session in BGPPeer status (`3/3` Established), every announcing node in the
+/// IPAllocation's `status.announcers` (via bgp), and the Service's Announced condition.
+#[test]
+fn bgp_on_the_real_api_server_reports_sessions_and_announcers() {
+    use netlab::routers::{Bird, PeerConfig};
+    let lab = Lab::start_with_router();
+    let vipam = lab.install();
+    let agents = lab.start_agents();
+    let (net, cp) = (&lab.net, &lab.cp);
+    let router = net.host("router").ipv4;
+    let peers: Vec<PeerConfig> = NODES
+        .iter()
+        .map(|node| {
+            let mut peer = PeerConfig::new(
+                router,
+                65000,
+                IpAddr::V4(net.host(node).ipv4),
+                4_200_000_001,
+            );
+            peer.name = node.to_string();
+            peer
+        })
+        .collect();
+    let mut bird = Bird::start(net, "router", &peers);
+    for node in NODES {
+        let id = net.host(node).ipv4.to_string();
+        let out = cp.kubectl(&[
+            "annotate",
+            "node",
+            node,
+            &format!("vipam.io/bgp-router-id={id}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "annotating {node}: {}",
+            describe(&out)
+        );
+    }
+    // The webhook names every invalid field.
+    let bad = json!({"apiVersion": "vipam.io/v1alpha1", "kind": "BGPPeer",
+        "metadata": {"name": "bad"},
+        "spec": {"peerAddress": "192.0.2.1", "peerASN": 23456, "myASN": 65001, "holdTime": "2s"}});
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &bad.to_string());
+    let text = describe(&out);
+    assert!(
+        !out.status.success(),
+        "an invalid BGPPeer was accepted: {text}"
+    );
+    assert!(
+        text.contains("spec.peerASN: 23456 is AS_TRANS") && text.contains("spec.holdTime: 2s"),
+        "{text}"
+    );
+    let config = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "vipam.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "routed"},
+         "spec": {"blocks": [{"cidr": "203.0.113.0/28"}]}},
+        {"apiVersion": "vipam.io/v1alpha1", "kind": "L2Announcement", "metadata": {"name": "lan"},
+         "spec": {"interfaces": ["^eth0$"], "mode": "arp", "ipPools": ["lan"]}},
+        {"apiVersion": "vipam.io/v1alpha1", "kind": "BGPPeer", "metadata": {"name": "router"},
+         "spec": {"peerAddress": router.to_string(), "peerASN": 65000, "myASN": 4_200_000_001u32}},
+        {"apiVersion": "vipam.io/v1alpha1", "kind": "BGPAnnouncement", "metadata": {"name": "routed"},
+         "spec": {"ipPools": ["routed"], "communities": ["65000:100"]}}
+    ]});
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &config.to_string());
+    assert!(out.status.success(), "BGP objects: {}", describe(&out));
+    let service = service_yaml(
+        "default",
+        "routed-web",
+        &[("vipam.io/ips", "203.0.113.5")],
+        &[(agentlab::SERVICE_PORT, "TCP")],
+    );
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &service);
+    assert!(out.status.success(), "Service: {}", describe(&out));
+
+    let mut want: Vec<IpAddr> = NODES.iter().map(|n| IpAddr::V4(net.host(n).ipv4)).collect();
+    want.sort();
+    wait_for(
+        "BIRD to learn 203.0.113.5 from every node",
+        30 * SECOND,
+        || {
+            let mut hops: Vec<IpAddr> = bird
+                .routes()
+                .iter()
+                .filter(|r| r.prefix == "203.0.113.5/32")
+                .flat_map(|r| r.next_hops.clone())
+                .collect();
+            hops.sort();
+            hops.dedup();
+            (hops == want).then_some(())
+        },
+    );
+    let peer = wait_for("BGPPeer status 3/3", 30 * SECOND, || {
+        let peer = get_json(cp, &["get", "bgppeer", "router"]);
+        (peer["status"]["established"] == "3/3").then_some(peer)
+    });
+    let sessions = peer["status"]["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 3, "{peer}");
+    for session in sessions {
+        assert_eq!(session["state"], "Established", "{peer}");
+        assert!(session["since"].is_string(), "{peer}");
+    }
+    assert_eq!(condition(&peer, "Ready").unwrap().0, "True", "{peer}");
+    let allocation = agentlab::allocation_name("203.0.113.5".parse().unwrap());
+    let announcers = wait_for("status.announcers by BGP", 30 * SECOND, || {
+        let object = get_json(cp, &["get", "ipallocation", &allocation]);
+        let list = object["status"]["announcers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut nodes: Vec<String> = list
+            .iter()
+            .filter(|a| a["via"] == "bgp")
+            .filter_map(|a| a["node"].as_str().map(String::from))
+            .collect();
+        nodes.sort();
+        (nodes == NODES).then_some(list)
+    });
+    assert!(
+        announcers.iter().all(|a| a["peers"] == json!(["router"])),
+        "{announcers:?}"
+    );
+    let announced = wait_for("the Service to be Announced by BGP", 30 * SECOND, || {
+        let svc = get_json(cp, &["get", "service", "-n", "default", "routed-web"]);
+        condition(&svc, "vipam.io/Announced").filter(|c| c.0 == "True")
+    });
+    assert!(
+        announced
+            .2
+            .contains("203.0.113.5 by BGP from nodes node1, node2, node3"),
+        "{announced:?}"
+    );
+    let announcement = get_json(cp, &["get", "bgpannouncement", "routed"]);
+    assert_eq!(
+        condition(&announcement, "Ready").unwrap().0,
+        "True",
+        "{announcement}"
+    );
     assert_no_forbidden(&agents.logs);
     vipam.assert_no_forbidden();
 }
