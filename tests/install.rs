@@ -841,6 +841,8 @@ fn health_scripts_judge_the_fixtures() {
         "vipam.io_IPPool",
         "vipam.io_IPAllocation",
         "vipam.io_L2Announcement",
+        "vipam.io_BGPPeer",
+        "vipam.io_BGPAnnouncement",
         "Service",
     ] {
         let seen: Vec<&str> = covered
@@ -863,6 +865,8 @@ fn health_scripts_use_the_controllers_condition_names() {
     let pool = read("vipam.io_IPPool.lua");
     assert!(pool.contains(&quoted(READY)) && pool.contains(&quoted(CONFLICT)));
     assert!(read("vipam.io_L2Announcement.lua").contains(&quoted(READY)));
+    assert!(read("vipam.io_BGPAnnouncement.lua").contains(&quoted(READY)));
+    assert!(read("vipam.io_BGPPeer.lua").contains(&quoted(READY)));
     let allocation = read("vipam.io_IPAllocation.lua");
     assert!(allocation.contains(&quoted(ORPHANED)));
     for phase in ["Bound", "Released"] {
@@ -884,6 +888,8 @@ fn health_scripts_use_the_controllers_condition_names() {
         "vipam.io_IPPool",
         "vipam.io_IPAllocation",
         "vipam.io_L2Announcement",
+        "vipam.io_BGPPeer",
+        "vipam.io_BGPAnnouncement",
         "Service",
     ] {
         let dir = root().join("tests/data/install/health").join(script);

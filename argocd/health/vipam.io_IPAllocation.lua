@@ -41,6 +41,19 @@ if status.phase == "Bound" then
     hs.message = ip .. " is announced by node " .. announcer.node .. " on " .. tostring(announcer.interface)
     return hs
   end
+  local bgp = {}
+  if status.announcers ~= nil then
+    for _, a in ipairs(status.announcers) do
+      if a.via == "bgp" and a.node ~= nil then
+        table.insert(bgp, a.node)
+      end
+    end
+  end
+  if #bgp > 0 then
+    hs.status = "Healthy"
+    hs.message = ip .. " is announced by BGP from " .. table.concat(bgp, ", ")
+    return hs
+  end
   hs.status = "Progressing"
   hs.message = ip .. " is bound but not yet announced by any vipam agent"
   return hs
