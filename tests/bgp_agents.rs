@@ -367,34 +367,117 @@ fn sessions_survive_an_api_outage_and_keep_their_routes() {
     );
 }
 
+/// BIRD or GoBGP, as the dual-stack MD5 test drives them.
+enum Router {
+    Bird(Bird),
+    Gobgp(Gobgp),
+}
+
+impl Router {
+    fn start(kind: &str, lab: &AgentLab, peers: &mut [PeerConfig]) -> Router {
+        match kind {
+            "bird" => {
+                // BIRD names a session by protocol: node1_v4, node1_v6, ...
+                for peer in peers.iter_mut() {
+                    let node = NODES
+                        .iter()
+                        .find(|n| {
+                            let host = lab.net.host(n);
+                            peer.neighbor == IpAddr::V4(host.ipv4)
+                                || peer.neighbor == IpAddr::V6(host.ipv6)
+                        })
+                        .unwrap();
+                    let family = if peer.neighbor.is_ipv4() { "v4" } else { "v6" };
+                    peer.name = format!("{node}_{family}");
+                }
+                Router::Bird(Bird::start(&lab.net, "router", peers))
+            }
+            _ => Router::Gobgp(Gobgp::start(&lab.net, "router", peers)),
+        }
+    }
+
+    fn routes(&mut self) -> Vec<LearnedRoute> {
+        match self {
+            Router::Bird(bird) => bird.routes(),
+            Router::Gobgp(gobgp) => gobgp.routes(),
+        }
+    }
+
+    fn established(&mut self, lab: &AgentLab, node: &str, v6: bool) -> bool {
+        match self {
+            Router::Bird(bird) => {
+                let family = if v6 { "v6" } else { "v4" };
+                bird.bgp_state(&format!("{node}_{family}")) == "Established"
+            }
+            Router::Gobgp(gobgp) => {
+                let host = lab.net.host(node);
+                let neighbor = if v6 {
+                    IpAddr::V6(host.ipv6)
+                } else {
+                    IpAddr::V4(host.ipv4)
+                };
+                gobgp.bgp_state(neighbor) == "established"
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Router::Bird(bird) => bird.log(),
+            Router::Gobgp(gobgp) => gobgp.log(),
+        }
+    }
+}
+
 #[test]
-fn gobgp_learns_v4_and_v6_with_md5_and_a_wrong_password_never_establishes() {
-    let lab = AgentLab::with_router("bgp-gobgp", AgentFlags::default());
+fn gobgp_learns_v4_and_v6_with_md5_and_a_wrong_password_or_asn_never_establishes() {
+    dual_stack_md5_and_refusals("gobgp");
+}
+
+#[test]
+fn bird_learns_v4_and_v6_with_md5_and_a_wrong_password_or_asn_never_establishes() {
+    dual_stack_md5_and_refusals("bird");
+}
+
+fn dual_stack_md5_and_refusals(kind: &str) {
+    let lab = AgentLab::with_router(&format!("bgp-md5-{kind}"), AgentFlags::default());
     let router = lab.net.host("router").clone();
-    // node1 and node2 peer over IPv4 and IPv6 with the right password; node3 with a wrong one.
+    // node1 and node2 peer over IPv4 and IPv6 with the right password and ASN. node3: the
+    // router expects another password over IPv6, and node3's IPv4 BGPPeer says a wrong ASN.
     let mut peers = Vec::new();
     for node in NODES {
         let host = lab.net.host(node).clone();
         for neighbor in [IpAddr::V4(host.ipv4), IpAddr::V6(host.ipv6)] {
             let mut peer = PeerConfig::new(router.ipv4, ROUTER_ASN, neighbor, NODE_ASN);
-            peer.md5_password = Some(if node == "node3" { "other" } else { "s3cret!" }.to_string());
+            let wrong = node == "node3" && neighbor.is_ipv6();
+            peer.md5_password = Some(if wrong { "other" } else { "s3cret!" }.to_string());
             peers.push(peer);
         }
     }
-    let mut gobgp = Gobgp::start(&lab.net, "router", &peers);
+    let mut router_daemon = Router::start(kind, &lab, &mut peers);
     lab.fake.seed(json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "vipam-bgp-passwords", "namespace": "vipam-system"},
         "data": {"router": "czNjcmV0IQ=="},
     }));
-    for (name, address) in [
-        ("router", router.ipv4.to_string()),
-        ("router-v6", router.ipv6.to_string()),
+    let not_node3 = json!({"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["node3"]}]});
+    let only_node3 = json!({"matchLabels": {"kubernetes.io/hostname": "node3"}});
+    for (name, address, my_asn, nodes) in [
+        ("router", router.ipv4.to_string(), NODE_ASN, not_node3),
+        ("router-v6", router.ipv6.to_string(), NODE_ASN, json!({})),
+        (
+            "router-wrong-asn",
+            router.ipv4.to_string(),
+            64999,
+            only_node3,
+        ),
     ] {
         lab.fake.seed(json!({
             "apiVersion": "vipam.io/v1alpha1", "kind": "BGPPeer",
             "metadata": {"name": name},
-            "spec": {"peerAddress": address, "peerASN": ROUTER_ASN, "myASN": NODE_ASN,
+            "spec": {"peerAddress": address, "peerASN": ROUTER_ASN, "myASN": my_asn,
+                     "nodeSelector": nodes,
                      "passwordSecretRef": {"namespace": "vipam-system", "name": "vipam-bgp-passwords", "key": "router"}},
         }));
     }
@@ -416,7 +499,7 @@ fn gobgp_learns_v4_and_v6_with_md5_and_a_wrong_password_never_establishes() {
         .collect();
     want6.sort();
     loop {
-        let routes = gobgp.routes();
+        let routes = router_daemon.routes();
         let got4 = paths(&routes, "203.0.113.30/32");
         let got6 = paths(&routes, "2001:db8:ff::30/128");
         if got4 == want4 && got6 == want6 {
@@ -430,29 +513,18 @@ fn gobgp_learns_v4_and_v6_with_md5_and_a_wrong_password_never_establishes() {
         }
         assert!(
             start.elapsed() < Duration::from_secs(25),
-            "GoBGP: {got4:?} / {got6:?}, wanted {want4:?} / {want6:?}\n{routes:#?}\n{}\nGoBGP:\n{}",
+            "{kind}: {got4:?} / {got6:?}, wanted {want4:?} / {want6:?}\n{routes:#?}\n{}\n{kind}:\n{}",
             lab.logs(),
-            gobgp.log()
+            router_daemon.log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     for node in ["node1", "node2"] {
-        let host = lab.net.host(node).clone();
-        assert_eq!(
-            gobgp.bgp_state(IpAddr::V4(host.ipv4)),
-            "established",
-            "{node}"
-        );
-        assert_eq!(
-            gobgp.bgp_state(IpAddr::V6(host.ipv6)),
-            "established",
-            "{node} v6"
-        );
+        assert!(router_daemon.established(&lab, node, false), "{node}");
+        assert!(router_daemon.established(&lab, node, true), "{node} v6");
     }
-    // The wrong password never establishes, and node3's Lease says why.
-    let node3 = lab.net.host("node3").clone();
-    assert_ne!(gobgp.bgp_state(IpAddr::V4(node3.ipv4)), "established");
-    // The first attempt times out after 5 s; the Lease renewal after that carries the note.
+    // The wrong password and the wrong ASN never establish, and node3's Lease says why: the
+    // first attempt times out after 5 s; the renewal after that carries the note.
     let start = Instant::now();
     loop {
         let note = lab
@@ -464,19 +536,31 @@ fn gobgp_learns_v4_and_v6_with_md5_and_a_wrong_password_never_establishes() {
                     .map(String::from)
             })
             .unwrap_or_default();
-        assert!(
-            !note.contains("Established"),
-            "node3's session note: {note}"
-        );
-        if note.contains("\"peer\":\"router\"") && note.contains("no TCP handshake") {
+        let notes: Vec<serde_json::Value> = serde_json::from_str(&note).unwrap_or_default();
+        let error_of = |peer: &str| {
+            notes
+                .iter()
+                .find(|n| n["peer"] == peer)
+                .map(|n| {
+                    assert_ne!(n["state"], "Established", "{note}");
+                    n["lastError"].as_str().unwrap_or("").to_string()
+                })
+                .unwrap_or_default()
+        };
+        let password = error_of("router-v6");
+        let asn = error_of("router-wrong-asn");
+        if password.contains("no TCP handshake") && asn.contains("Bad Peer AS") {
+            eprintln!("node3: wrong password: {password}; wrong ASN: {asn}");
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(15),
-            "node3's session note does not say why: {note}\n{}",
-            lab.log("node3")
+            "node3's session notes do not say why: {note}\n{}\n{kind}:\n{}",
+            lab.log("node3"),
+            router_daemon.log()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_ne!(gobgp.bgp_state(IpAddr::V4(node3.ipv4)), "established");
+    assert!(!router_daemon.established(&lab, "node3", false));
+    assert!(!router_daemon.established(&lab, "node3", true));
 }

@@ -242,6 +242,9 @@ pub struct Session {
     keepalive_at: Option<Duration>,
     negotiated: Option<Negotiated>,
     last_error: Option<String>,
+    /// The peer's last NOTIFICATION before a session came up: a router that refused us once
+    /// (Bad Peer AS) often just closes the next attempts, and the error must keep saying why.
+    refusal: Option<String>,
 }
 
 impl Session {
@@ -259,6 +262,7 @@ impl Session {
             keepalive_at: None,
             negotiated: None,
             last_error: None,
+            refusal: None,
         }
     }
 
@@ -343,10 +347,15 @@ impl Session {
             Event::Closed(reason) => match self.state {
                 State::Connect => self.connect_failed(&reason, now),
                 state if state.connected() => {
-                    let error = format!(
+                    let mut error = format!(
                         "the connection to {} closed in {state}: {reason}",
                         self.config.peer_address
                     );
+                    if state != State::Established
+                        && let Some(refusal) = &self.refusal
+                    {
+                        error.push_str(&format!(" (before that: {refusal})"));
+                    }
                     self.fail(None, false, error, now, &mut actions);
                 }
                 _ => {}
@@ -421,6 +430,9 @@ impl Session {
             } else {
                 format!("peer {peer} sent NOTIFICATION {}", notification.describe())
             };
+            if self.state != State::Established {
+                self.refusal = Some(error.clone());
+            }
             // RFC 4271 6: no NOTIFICATION in reply to one.
             self.fail(None, true, error, now, actions);
             return;
@@ -437,6 +449,7 @@ impl Session {
                 self.keepalive_at = keepalive_at;
                 self.restart_hold_timer(now);
                 self.retry_delay = RETRY_FIRST;
+                self.refusal = None;
                 actions.push(Action::Established(negotiated));
             }
             (
@@ -1405,6 +1418,31 @@ mod tests {
         assert_eq!(
             session.last_error(),
             Some("no OPEN from 192.0.2.1 within 30 s")
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_remembered_when_the_next_attempts_are_just_closed() {
+        let mut session = open_sent(config());
+        session.handle(
+            Event::Received(Message::Notification(Notification::new(2, 2))),
+            S,
+        );
+        assert_eq!(
+            session.last_error(),
+            Some("peer 192.0.2.1 refused our OPEN: OPEN Message Error / Bad Peer AS (2/2)")
+        );
+        // The retry: connected, OPEN sent, then closed without a word.
+        session.handle(Event::Tick, 3 * S);
+        session.handle(Event::Connected, 3 * S);
+        session.handle(Event::Closed("the peer closed the connection".into()), 4 * S);
+        assert_eq!(
+            session.last_error(),
+            Some(
+                "the connection to 192.0.2.1 closed in OpenSent: the peer closed the connection \
+                 (before that: peer 192.0.2.1 refused our OPEN: OPEN Message Error / Bad Peer AS \
+                 (2/2))"
+            )
         );
     }
 
