@@ -99,7 +99,13 @@ impl Shared {
                     peer: peer.clone(),
                     password,
                     router_id,
-                    restarted: self.bgp_restarted,
+                    // The R bit says "I restarted": only sessions opened within the restart
+                    // time of this process starting carry it.
+                    restarted: self.bgp_restarted
+                        && self.epoch.elapsed()
+                            < Duration::from_secs(u64::from(
+                                crate::core::bgp::config::RESTART_TIME,
+                            )),
                 })
             })
             .collect()
