@@ -101,14 +101,7 @@ impl Lab {
 
     /// The LAN with a BGP router host `router` (.1) as well (for BIRD).
     fn start_with_router() -> Lab {
-        let net = Netlab::new(&[
-            ("node1", 11),
-            ("node2", 12),
-            ("node3", 13),
-            ("client", 100),
-            ("api", 5),
-            ("router", 1),
-        ]);
+        let net = Netlab::with_router();
         Lab::start_on(net, false)
     }
 

@@ -324,23 +324,37 @@ pub fn explain(
         return None;
     }
     let covering = covering(address, rules);
+    explain_among(
+        covering.iter().map(|r| r.name.clone()).collect(),
+        nodes,
+        |node| covering.iter().any(|r| r.selects_node(node)),
+        |node| candidacy(address, node, &covering).map(|_| ()),
+    )
+}
+
+/// The common part of explaining an address nobody may announce, for L2 and BGP alike:
+/// `covering` names the announcements covering it (none: `NoAnnouncement`); `selects` says
+/// whether one of them selects a node; `candidacy` why a selected node may not announce.
+pub fn explain_among(
+    covering: Vec<String>,
+    nodes: &[NodeView],
+    selects: impl Fn(&NodeView) -> bool,
+    candidacy: impl Fn(&NodeView) -> Result<(), Blocked>,
+) -> Option<Unserved> {
     if covering.is_empty() {
         return Some(Unserved::NoAnnouncement);
     }
-    let selected: Vec<&NodeView> = nodes
-        .iter()
-        .filter(|n| covering.iter().any(|r| r.selects_node(n)))
-        .collect();
+    let selected: Vec<&NodeView> = nodes.iter().filter(|n| selects(n)).collect();
     if selected.is_empty() {
         return Some(Unserved::NoNodeSelected {
-            announcements: covering.iter().map(|r| r.name.clone()).collect(),
+            announcements: covering,
             nodes: nodes.len(),
         });
     }
     let mut blocked = Vec::new();
     for node in selected {
-        match candidacy(address, node, &covering) {
-            Ok(_) => return None,
+        match candidacy(node) {
+            Ok(()) => return None,
             Err(why) => blocked.push((node.name.clone(), why)),
         }
     }

@@ -12,18 +12,30 @@ use crate::api::{self, BGPAnnouncement, BGPPeer, IPPool, L2Announcement, LabelSe
 use crate::core::pool::{Pool, PoolSet};
 use crate::core::range::format_ranges;
 
-/// Answers one IPPool admission request.
-pub fn admit_pool(state: &WebhookState, req: &AdmissionRequest<IPPool>) -> Outcome {
+/// The object of a CREATE or UPDATE review, with the response to build on; `Err` is the whole
+/// answer (other operations are allowed as they are, a review without an object is refused).
+fn object_to_validate<K: kube::Resource + Clone>(
+    req: &AdmissionRequest<K>,
+) -> Result<(&K, AdmissionResponse), Box<Outcome>> {
     let response = AdmissionResponse::from(req);
     if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return Outcome::allowed(response, "not_create_or_update");
+        return Err(Box::new(Outcome::allowed(response, "not_create_or_update")));
     }
-    let Some(pool) = req.object.as_ref() else {
-        return Outcome::denied(
+    match req.object.as_ref() {
+        Some(object) => Ok((object, response)),
+        None => Err(Box::new(Outcome::denied(
             response,
             "malformed_review",
             "the review carries no object".into(),
-        );
+        ))),
+    }
+}
+
+/// Answers one IPPool admission request.
+pub fn admit_pool(state: &WebhookState, req: &AdmissionRequest<IPPool>) -> Outcome {
+    let (pool, response) = match object_to_validate(req) {
+        Ok(found) => found,
+        Err(outcome) => return *outcome,
     };
     let spec = match api::pool_spec(pool) {
         Ok(spec) => spec,
@@ -100,16 +112,9 @@ pub fn admit_l2announcement(
     state: &WebhookState,
     req: &AdmissionRequest<L2Announcement>,
 ) -> Outcome {
-    let response = AdmissionResponse::from(req);
-    if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return Outcome::allowed(response, "not_create_or_update");
-    }
-    let Some(l2) = req.object.as_ref() else {
-        return Outcome::denied(
-            response,
-            "malformed_review",
-            "the review carries no object".into(),
-        );
+    let (l2, response) = match object_to_validate(req) {
+        Ok(found) => found,
+        Err(outcome) => return *outcome,
     };
     let mut problems = Vec::new();
     for (index, pattern) in l2.spec.interfaces.iter().enumerate() {
@@ -165,16 +170,9 @@ pub fn admit_l2announcement(
 
 /// Answers one BGPPeer admission request: every invalid field is named.
 pub fn admit_bgppeer(_state: &WebhookState, req: &AdmissionRequest<BGPPeer>) -> Outcome {
-    let response = AdmissionResponse::from(req);
-    if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return Outcome::allowed(response, "not_create_or_update");
-    }
-    let Some(peer) = req.object.as_ref() else {
-        return Outcome::denied(
-            response,
-            "malformed_review",
-            "the review carries no object".into(),
-        );
+    let (peer, response) = match object_to_validate(req) {
+        Ok(found) => found,
+        Err(outcome) => return *outcome,
     };
     match api::bgp_peer(peer) {
         Ok(_) => Outcome::allowed(response, "valid"),
@@ -188,16 +186,9 @@ pub fn admit_bgpannouncement(
     state: &WebhookState,
     req: &AdmissionRequest<BGPAnnouncement>,
 ) -> Outcome {
-    let response = AdmissionResponse::from(req);
-    if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return Outcome::allowed(response, "not_create_or_update");
-    }
-    let Some(announcement) = req.object.as_ref() else {
-        return Outcome::denied(
-            response,
-            "malformed_review",
-            "the review carries no object".into(),
-        );
+    let (announcement, response) = match object_to_validate(req) {
+        Ok(found) => found,
+        Err(outcome) => return *outcome,
     };
     if let Err(err) = api::bgp_announcement(announcement) {
         return Outcome::denied(response, "invalid_bgpannouncement", err.to_string());

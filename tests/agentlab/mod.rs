@@ -83,14 +83,7 @@ impl AgentLab {
     /// 2001:db8:ff::/48) through it, so traffic follows what the router learned. Nodes carry
     /// their LAN address as InternalIP (their BGP router ID).
     pub fn with_router(name: &str, flags: AgentFlags) -> AgentLab {
-        let net = Netlab::new(&[
-            ("node1", 11),
-            ("node2", 12),
-            ("node3", 13),
-            ("client", 100),
-            ("api", 5),
-            ("router", 1),
-        ]);
+        let net = Netlab::with_router();
         for sysctl in [
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",

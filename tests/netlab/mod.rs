@@ -258,6 +258,18 @@ impl Netlab {
         ])
     }
 
+    /// [`Netlab::standard`] plus a BGP router host `router` (.1).
+    pub fn with_router() -> Netlab {
+        Netlab::new(&[
+            ("node1", 11),
+            ("node2", 12),
+            ("node3", 13),
+            ("client", 100),
+            ("api", 5),
+            ("router", 1),
+        ])
+    }
+
     fn add_ns(&mut self, ns: &str) {
         let out = run("ip", &["netns", "add", ns]);
         assert!(

@@ -13,7 +13,9 @@ use ipnet::IpNet;
 
 use super::config::{Announcement, Peer};
 use super::message::RouteAttrs;
-use crate::core::ownership::{AddressView, Blocked, NodeView, Unserved, selects_services};
+use crate::core::ownership::{
+    AddressView, Blocked, NodeView, Unserved, explain_among, selects_services,
+};
 
 /// The routes one node sends, per BGPPeer name.
 pub type PeerRoutes = BTreeMap<String, BTreeMap<IpNet, RouteAttrs>>;
@@ -156,28 +158,12 @@ pub fn explain(
         return None;
     }
     let covering = covering(address, announcements);
-    if covering.is_empty() {
-        return Some(Unserved::NoAnnouncement);
-    }
-    let selected: Vec<&NodeView> = nodes
-        .iter()
-        .filter(|n| covering.iter().any(|a| selects_node(a, n)))
-        .collect();
-    if selected.is_empty() {
-        return Some(Unserved::NoNodeSelected {
-            announcements: covering.iter().map(|a| a.name.clone()).collect(),
-            nodes: nodes.len(),
-        });
-    }
-    let mut blocked = Vec::new();
-    for node in selected {
-        match candidacy(address, node, &covering, peers) {
-            Ok(_) => return None,
-            Err(why) => blocked.push((node.name.clone(), why)),
-        }
-    }
-    blocked.sort();
-    Some(Unserved::NoEligibleNode(blocked))
+    explain_among(
+        covering.iter().map(|a| a.name.clone()).collect(),
+        nodes,
+        |node| covering.iter().any(|a| selects_node(a, node)),
+        |node| candidacy(address, node, &covering, peers).map(|_| ()),
+    )
 }
 
 /// Whether `node` peers with anybody at all: some BGPPeer and some BGPAnnouncement select it

@@ -1435,7 +1435,10 @@ mod tests {
         // The retry: connected, OPEN sent, then closed without a word.
         session.handle(Event::Tick, 3 * S);
         session.handle(Event::Connected, 3 * S);
-        session.handle(Event::Closed("the peer closed the connection".into()), 4 * S);
+        session.handle(
+            Event::Closed("the peer closed the connection".into()),
+            4 * S,
+        );
         assert_eq!(
             session.last_error(),
             Some(
