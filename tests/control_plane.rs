@@ -180,7 +180,7 @@ fn wait_lease_holder(cp: &CpLab, not: &str, timeout: Duration) -> String {
 
 /// `vipam manifest ...` output, as JSON objects.
 fn manifest(kind: &str) -> Vec<Value> {
-    let output = Command::new(env!("CARGO_BIN_EXE_vipam"))
+    let output = Command::new(agentlab::bin())
         .args([
             "manifest",
             kind,
