@@ -56,10 +56,10 @@ enum Command {
 enum ManifestCommand {
     /// A static pod for /etc/kubernetes/manifests/ on every control-plane node (works before
     /// the cluster exists: talks to the local API server with the mounted kubeconfig).
-    StaticPod(ManifestArgs),
+    StaticPod(Box<ManifestArgs>),
     /// A DaemonSet on the control-plane nodes with its ServiceAccount, Role and RoleBinding
     /// (in-cluster configuration).
-    Daemonset(ManifestArgs),
+    Daemonset(Box<ManifestArgs>),
 }
 
 #[derive(clap::Args, Debug)]
