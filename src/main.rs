@@ -56,10 +56,10 @@ enum Command {
 enum ManifestCommand {
     /// A static pod for /etc/kubernetes/manifests/ on every control-plane node (works before
     /// the cluster exists: talks to the local API server with the mounted kubeconfig).
-    StaticPod(ManifestArgs),
+    StaticPod(Box<ManifestArgs>),
     /// A DaemonSet on the control-plane nodes with its ServiceAccount, Role and RoleBinding
     /// (in-cluster configuration).
-    Daemonset(ManifestArgs),
+    Daemonset(Box<ManifestArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,9 +67,10 @@ struct ManifestArgs {
     /// The control-plane VIP.
     #[arg(long)]
     vip: std::net::IpAddr,
-    /// The interface the VIP is added to on every control-plane node.
-    #[arg(long)]
-    interface: String,
+    /// The interface the VIP is added to on every control-plane node. With --bgp, optional:
+    /// the VIP goes on `lo`, and this interface's first IPv4 address is the router ID.
+    #[arg(long, required_unless_present = "bgp")]
+    interface: Option<String>,
     /// Container image.
     #[arg(long, default_value = vipam::manifest::DEFAULT_IMAGE)]
     image: String,
@@ -89,6 +90,48 @@ struct ManifestArgs {
     /// Renew interval of the election.
     #[arg(long, default_value = "1s", value_parser = vipam::controller::parse_duration)]
     renew_interval: std::time::Duration,
+    /// Announce the VIP by BGP to the --bgp-peer routers (the leader alone; the VIP on `lo`).
+    #[arg(long, requires_all = ["bgp_peers", "bgp_peer_asn", "bgp_my_asn"])]
+    bgp: bool,
+    /// A router: `ADDRESS`, `ADDRESS:PORT` or `[IPV6]:PORT`. Repeatable, or comma-separated.
+    #[arg(
+        long = "bgp-peer",
+        value_delimiter = ',',
+        value_name = "ADDRESS[:PORT]",
+        requires = "bgp"
+    )]
+    bgp_peers: Vec<String>,
+    /// The routers' AS number.
+    #[arg(long, value_name = "ASN", requires = "bgp")]
+    bgp_peer_asn: Option<u32>,
+    /// The nodes' AS number.
+    #[arg(long, value_name = "ASN", requires = "bgp")]
+    bgp_my_asn: Option<u32>,
+    /// BGP router ID (default: each node's first IPv4 address of --interface, or of its
+    /// default route's interface).
+    #[arg(long, value_name = "IPV4", requires = "bgp")]
+    bgp_router_id: Option<std::net::Ipv4Addr>,
+    /// Hold time proposed to the routers (agent default 9s).
+    #[arg(long, requires = "bgp")]
+    bgp_hold_time: Option<String>,
+    /// TCP MD5 password file on every control-plane node, mounted read-only (hostPath), e.g.
+    /// /etc/kubernetes/vipam-bgp-password (mode 0600).
+    #[arg(long, value_name = "PATH", requires = "bgp")]
+    bgp_password_file: Option<String>,
+    /// IP TTL of the sessions (eBGP multihop).
+    #[arg(long, value_name = "TTL", requires = "bgp")]
+    bgp_multihop_ttl: Option<u8>,
+    /// Local address of the sessions.
+    #[arg(long, value_name = "ADDRESS", requires = "bgp")]
+    bgp_source_address: Option<String>,
+    /// Communities of the VIP's route. Repeatable, or comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "COMMUNITY",
+        requires = "bgp"
+    )]
+    bgp_communities: Vec<String>,
 }
 
 impl ManifestArgs {
@@ -102,6 +145,17 @@ impl ManifestArgs {
             kubeconfig: self.kubeconfig,
             lease_duration: self.lease_duration,
             renew_interval: self.renew_interval,
+            bgp: self.bgp.then(|| vipam::manifest::ManifestBgp {
+                peers: self.bgp_peers,
+                peer_asn: self.bgp_peer_asn.unwrap_or_default(),
+                my_asn: self.bgp_my_asn.unwrap_or_default(),
+                router_id: self.bgp_router_id,
+                hold_time: self.bgp_hold_time,
+                password_file: self.bgp_password_file,
+                multihop_ttl: self.bgp_multihop_ttl,
+                source_address: self.bgp_source_address,
+                communities: self.bgp_communities,
+            }),
         }
     }
 }

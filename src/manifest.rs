@@ -8,10 +8,18 @@
 //!   documents).
 //! - [`daemonset`]: ServiceAccount, Role and RoleBinding for the Lease, and a DaemonSet on the
 //!   control-plane nodes (in-cluster configuration).
+//!
+//! With [`ManifestBgp`] the agent announces the VIP by BGP (`--bgp ...`). The MD5 password
+//! comes from a file on the host (hostPath, read-only, same path in the container; by
+//! convention under /etc/kubernetes, next to the kubeconfig): a static pod cannot mount a
+//! Secret, and the DaemonSet uses the same file so both read the password the same way and
+//! start without the API. The arguments are checked by parsing them as the agent does.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
+
+use clap::Parser;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -36,11 +44,57 @@ pub const NAME: &str = "vipam-control-plane";
 /// Where the control-plane VIP process records the addresses it added.
 pub const STATE_DIR: &str = "/run/vipam-control-plane";
 
+/// The BGP flags of the agents (see `vipam agent --help`, `--bgp-*`).
+#[derive(Debug, Clone, Default)]
+pub struct ManifestBgp {
+    pub peers: Vec<String>,
+    pub peer_asn: u32,
+    pub my_asn: u32,
+    pub router_id: Option<Ipv4Addr>,
+    pub hold_time: Option<String>,
+    /// The MD5 password file on every control-plane node (mounted read-only, same path).
+    pub password_file: Option<String>,
+    pub multihop_ttl: Option<u8>,
+    pub source_address: Option<String>,
+    pub communities: Vec<String>,
+}
+
+impl ManifestBgp {
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--bgp".to_string()];
+        args.extend(self.peers.iter().map(|p| format!("--bgp-peer={p}")));
+        args.push(format!("--bgp-peer-asn={}", self.peer_asn));
+        args.push(format!("--bgp-my-asn={}", self.my_asn));
+        if let Some(id) = self.router_id {
+            args.push(format!("--bgp-router-id={id}"));
+        }
+        if let Some(hold) = &self.hold_time {
+            args.push(format!("--bgp-hold-time={hold}"));
+        }
+        if let Some(path) = &self.password_file {
+            args.push(format!("--bgp-password-file={path}"));
+        }
+        if let Some(ttl) = self.multihop_ttl {
+            args.push(format!("--bgp-multihop-ttl={ttl}"));
+        }
+        if let Some(source) = &self.source_address {
+            args.push(format!("--bgp-source-address={source}"));
+        }
+        args.extend(
+            self.communities
+                .iter()
+                .map(|c| format!("--bgp-communities={c}")),
+        );
+        args
+    }
+}
+
 /// What the manifests say.
 #[derive(Debug, Clone)]
 pub struct ManifestOptions {
     pub vip: IpAddr,
-    pub interface: String,
+    /// Where the VIP goes (L2); with BGP only the source of the default router ID.
+    pub interface: Option<String>,
     pub image: String,
     /// The API servers' port.
     pub port: u16,
@@ -50,6 +104,8 @@ pub struct ManifestOptions {
     pub kubeconfig: String,
     pub lease_duration: Duration,
     pub renew_interval: Duration,
+    /// Announce the VIP by BGP instead of on the LAN.
+    pub bgp: Option<ManifestBgp>,
 }
 
 /// Why a manifest could not be rendered.
@@ -57,6 +113,48 @@ pub struct ManifestOptions {
 pub enum ManifestError {
     #[error("serializing the manifest: {0}")]
     Serialize(#[from] serde_saphyr::SerializeError),
+    /// The agent would refuse these arguments: every reason, each naming its flag.
+    #[error("the agent would refuse these flags:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// `vipam agent`'s flags, parsed as the binary parses them.
+#[derive(Parser)]
+#[command(name = "agent")]
+struct AgentCli {
+    #[command(flatten)]
+    agent: crate::agent::AgentArgs,
+}
+
+/// Checks the options by parsing the agent's arguments as the agent does (clap, then the
+/// --bgp checks shared with BGPPeer).
+pub fn validate(options: &ManifestOptions) -> Result<(), ManifestError> {
+    let mut problems = Vec::new();
+    if options.bgp.is_none() && options.interface.as_deref().is_none_or(str::is_empty) {
+        problems.push("--interface: required without --bgp (the VIP goes on it)".to_string());
+    }
+    if let Some(path) = options.bgp.as_ref().and_then(|b| b.password_file.as_ref())
+        && !path.starts_with('/')
+    {
+        problems.push(format!(
+            "--bgp-password-file: {path:?} must be an absolute path on the node (a hostPath)"
+        ));
+    }
+    let args = agent_args(options, &[]);
+    match AgentCli::try_parse_from(std::iter::once("agent".to_string()).chain(args)) {
+        Err(err) => problems.push(err.to_string().trim().to_string()),
+        Ok(cli) => {
+            let cp = &cli.agent.control_plane;
+            if let Err(more) = crate::agent::control_plane::bgp::parse_flags(cp, options.vip) {
+                problems.extend(more);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ManifestError::Invalid(problems))
+    }
 }
 
 fn duration_arg(d: Duration) -> String {
@@ -118,24 +216,47 @@ fn probe(path: &str) -> Probe {
     }
 }
 
-fn container(
-    options: &ManifestOptions,
-    extra_args: &[String],
-    mounts: Vec<VolumeMount>,
-) -> Container {
+/// The agent's arguments after `agent`.
+fn agent_args(options: &ManifestOptions, extra_args: &[String]) -> Vec<String> {
     let mut args = vec![
-        "agent".to_string(),
         "--control-plane".to_string(),
         format!("--vip={}", options.vip),
-        format!("--interface={}", options.interface),
+    ];
+    if let Some(interface) = &options.interface {
+        args.push(format!("--interface={interface}"));
+    }
+    args.extend([
         format!("--port={}", options.port),
         format!("--control-plane-namespace={}", options.namespace),
         format!("--lease-duration={}", duration_arg(options.lease_duration)),
         format!("--renew-interval={}", duration_arg(options.renew_interval)),
         format!("--admin-addr=0.0.0.0:{ADMIN_PORT}"),
         format!("--state-dir={STATE_DIR}"),
-    ];
+    ]);
+    if let Some(bgp) = &options.bgp {
+        args.extend(bgp.args());
+    }
     args.extend(extra_args.iter().cloned());
+    args
+}
+
+/// The password file's volume and mount, with --bgp-password-file.
+fn password_volume(options: &ManifestOptions) -> Option<(Volume, VolumeMount)> {
+    let path = options.bgp.as_ref()?.password_file.as_ref()?;
+    Some((
+        host_path("bgp-password", path, "File"),
+        mount("bgp-password", path, true),
+    ))
+}
+
+fn container(
+    options: &ManifestOptions,
+    extra_args: &[String],
+    mut mounts: Vec<VolumeMount>,
+) -> Container {
+    let mut args = vec!["agent".to_string()];
+    args.extend(agent_args(options, extra_args));
+    mounts.extend(password_volume(options).map(|(_, m)| m));
     Container {
         name: "vipam".to_string(),
         image: Some(options.image.clone()),
@@ -190,10 +311,15 @@ pub fn static_pod(options: &ManifestOptions) -> Pod {
                     mount("state", STATE_DIR, false),
                 ],
             )],
-            volumes: Some(vec![
-                host_path("kubeconfig", &kubeconfig, "File"),
-                host_path("state", STATE_DIR, "DirectoryOrCreate"),
-            ]),
+            volumes: Some(
+                [
+                    host_path("kubeconfig", &kubeconfig, "File"),
+                    host_path("state", STATE_DIR, "DirectoryOrCreate"),
+                ]
+                .into_iter()
+                .chain(password_volume(options).map(|(v, _)| v))
+                .collect(),
+            ),
             ..PodSpec::default()
         }),
         status: None,
@@ -280,7 +406,11 @@ pub fn daemonset(options: &ManifestOptions) -> (ServiceAccount, Role, RoleBindin
                         &[],
                         vec![mount("state", STATE_DIR, false)],
                     )],
-                    volumes: Some(vec![host_path("state", STATE_DIR, "DirectoryOrCreate")]),
+                    volumes: Some(
+                        std::iter::once(host_path("state", STATE_DIR, "DirectoryOrCreate"))
+                            .chain(password_volume(options).map(|(v, _)| v))
+                            .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },
@@ -299,6 +429,7 @@ fn document(out: &mut String, object: &impl Serialize) -> Result<(), ManifestErr
 
 /// The static pod as YAML.
 pub fn static_pod_yaml(options: &ManifestOptions) -> Result<String, ManifestError> {
+    validate(options)?;
     let mut out = String::new();
     document(&mut out, &static_pod(options))?;
     Ok(out)
@@ -306,6 +437,7 @@ pub fn static_pod_yaml(options: &ManifestOptions) -> Result<String, ManifestErro
 
 /// The DaemonSet and its RBAC as a multi-document YAML stream.
 pub fn daemonset_yaml(options: &ManifestOptions) -> Result<String, ManifestError> {
+    validate(options)?;
     let (account, role, binding, daemonset) = daemonset(options);
     let mut out = String::new();
     document(&mut out, &account)?;

@@ -180,15 +180,14 @@ fn wait_lease_holder(cp: &CpLab, not: &str, timeout: Duration) -> String {
 
 /// `vipam manifest ...` output, as JSON objects.
 fn manifest(kind: &str) -> Vec<Value> {
-    let output = Command::new(env!("CARGO_BIN_EXE_vipam"))
-        .args([
-            "manifest",
-            kind,
-            "--vip",
-            "192.0.2.230",
-            "--interface",
-            "eno1",
-        ])
+    manifest_with(kind, &["--vip", "192.0.2.230", "--interface", "eno1"])
+}
+
+/// `vipam manifest KIND ARGS...` (run as the shell would), as JSON objects.
+fn manifest_with(kind: &str, args: &[&str]) -> Vec<Value> {
+    let output = Command::new(agentlab::bin())
+        .args(["manifest", kind])
+        .args(args)
         .output()
         .expect("running vipam manifest");
     assert!(
@@ -309,34 +308,7 @@ fn the_generated_manifests_are_valid_and_least_privilege() {
         assert_eq!(rule["apiGroups"], json!(["coordination.k8s.io"]));
     }
 
-    // Schema validation (kubernetes-validate, strict) with tests/install.rs's script.
-    let request =
-        json!({"versions": ["1.30.0", "1.33.0"], "builtin": all, "crds": [], "custom": []});
-    let mut child = Command::new("python3")
-        .arg("tests/data/install/validate.py")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "python3 is needed: install Python 3 and `python3 -m pip install kubernetes-validate`",
-        );
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "validation failed:\n{text}");
-    assert!(!text.trim().is_empty(), "the validator printed nothing");
+    validate_schemas(&all);
 }
 
 #[test]
@@ -375,4 +347,217 @@ fn the_vip_and_service_addresses_share_one_process() {
         .collect();
     assert_eq!(with_service, vec![owner.as_str()], "{}", cp.lab.logs());
     assert_eq!(cp.reach(5 * SECOND), holder);
+}
+
+const BGP_MANIFEST_ARGS: [&str; 20] = [
+    "--vip",
+    "203.0.113.250",
+    "--bgp",
+    "--bgp-peer",
+    "192.0.2.1",
+    "--bgp-peer",
+    "[2001:db8::1]:1179,192.0.2.2:1179",
+    "--bgp-peer-asn",
+    "65000",
+    "--bgp-my-asn",
+    "4200000001",
+    "--bgp-hold-time",
+    "3s",
+    "--bgp-password-file",
+    "/etc/kubernetes/vipam-bgp-password",
+    "--bgp-communities",
+    "65000:250,no-export",
+    "--bgp-multihop-ttl",
+    "2",
+    "--bgp-router-id=10.0.0.1",
+];
+
+#[test]
+fn the_manifests_pass_the_bgp_flags_through_and_mount_the_password_file() {
+    // The IPv6 router is refused by the agent's own checks (the VIP is IPv4): so is the
+    // manifest, naming the flag.
+    let output = Command::new(agentlab::bin())
+        .args(["manifest", "static-pod"])
+        .args(BGP_MANIFEST_ARGS)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--bgp-peer: 2001:db8::1 is not of the family of the VIP"),
+        "{stderr}"
+    );
+
+    let args: Vec<&str> = BGP_MANIFEST_ARGS
+        .iter()
+        .map(|a| {
+            if a.starts_with("[2001") {
+                "192.0.2.3:1179,192.0.2.2:1179"
+            } else {
+                a
+            }
+        })
+        .collect();
+    let pod = manifest_with("static-pod", &args);
+    let objects = manifest_with("daemonset", &args);
+    let pod_spec = &pod[0]["spec"];
+    let ds_spec = &objects[3]["spec"]["template"]["spec"];
+    for spec in [pod_spec, ds_spec] {
+        let container = &spec["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        for expected in [
+            "--bgp",
+            "--bgp-peer=192.0.2.1",
+            "--bgp-peer=192.0.2.3:1179",
+            "--bgp-peer=192.0.2.2:1179",
+            "--bgp-peer-asn=65000",
+            "--bgp-my-asn=4200000001",
+            "--bgp-hold-time=3s",
+            "--bgp-password-file=/etc/kubernetes/vipam-bgp-password",
+            "--bgp-communities=65000:250",
+            "--bgp-communities=no-export",
+            "--bgp-multihop-ttl=2",
+            "--bgp-router-id=10.0.0.1",
+        ] {
+            assert!(args.contains(&expected), "{expected} missing from {args:?}");
+        }
+        assert!(
+            !args.iter().any(|a| a.starts_with("--interface")),
+            "no --interface was asked for: {args:?}"
+        );
+        // The arguments parse as the binary's flags, and pass the agent's --bgp checks.
+        let parsed =
+            AgentCli::try_parse_from(std::iter::once("agent").chain(args[1..].iter().copied()))
+                .unwrap_or_else(|e| panic!("the agent refuses {args:?}: {e}"));
+        let cp = parsed.agent.control_plane;
+        let bgp = vipam::agent::control_plane::bgp::parse_flags(&cp, cp.vip.unwrap())
+            .expect("valid --bgp flags")
+            .expect("--bgp on");
+        assert_eq!(bgp.peers.len(), 3);
+        assert_eq!(bgp.peers[1].port, 1179);
+        assert_eq!(bgp.peers[0].hold_time, 3);
+        assert_eq!(bgp.peers[0].ttl, 2);
+        assert_eq!(bgp.prefix.to_string(), "203.0.113.250/32");
+        assert_eq!(
+            bgp.password_file.as_deref(),
+            Some(std::path::Path::new("/etc/kubernetes/vipam-bgp-password"))
+        );
+        // The password file: a read-only hostPath at the same path, never a value in the spec.
+        let mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "bgp-password")
+            .unwrap_or_else(|| panic!("no password mount in {container}"));
+        assert_eq!(mount["mountPath"], "/etc/kubernetes/vipam-bgp-password");
+        assert_eq!(mount["readOnly"], true);
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "bgp-password")
+            .unwrap();
+        assert_eq!(
+            volume["hostPath"],
+            json!({"path": "/etc/kubernetes/vipam-bgp-password", "type": "File"})
+        );
+    }
+    // Without --bgp the L2 manifests carry no BGP flag and no password volume.
+    let plain = manifest("static-pod");
+    let text = plain[0].to_string();
+    assert!(!text.contains("bgp"), "{text}");
+
+    // Usage errors name the flag.
+    for (args, expected) in [
+        (
+            vec!["--vip", "203.0.113.250", "--bgp-peer", "192.0.2.1"],
+            "--bgp",
+        ),
+        (
+            vec![
+                "--vip",
+                "203.0.113.250",
+                "--bgp",
+                "--bgp-peer",
+                "192.0.2.1",
+                "--bgp-peer-asn",
+                "65000",
+                "--bgp-my-asn",
+                "65001",
+                "--bgp-hold-time",
+                "2s",
+            ],
+            "--bgp-hold-time: 2s is not allowed",
+        ),
+        (
+            vec![
+                "--vip",
+                "203.0.113.250",
+                "--bgp",
+                "--bgp-peer",
+                "192.0.2.1",
+                "--bgp-peer-asn",
+                "65000",
+                "--bgp-my-asn",
+                "65001",
+                "--bgp-password-file",
+                "vipam-bgp-password",
+            ],
+            "--bgp-password-file: \"vipam-bgp-password\" must be an absolute path",
+        ),
+        (vec!["--vip", "203.0.113.250"], "--interface"),
+    ] {
+        let output = Command::new(agentlab::bin())
+            .args(["manifest", "daemonset"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: {expected} not in {stderr}"
+        );
+    }
+
+    // Schema validation of the BGP variants too.
+    let all: Vec<Value> = pod.iter().chain(objects.iter()).cloned().collect();
+    validate_schemas(&all);
+}
+
+/// Validates objects against the Kubernetes schemas (kubernetes-validate, strict) with
+/// tests/install.rs's script.
+fn validate_schemas(all: &[Value]) {
+    let request =
+        json!({"versions": ["1.30.0", "1.33.0"], "builtin": all, "crds": [], "custom": []});
+    let mut child = Command::new("python3")
+        .arg("tests/data/install/validate.py")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "python3 is needed: install Python 3 and `python3 -m pip install kubernetes-validate`",
+        );
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "validation failed:\n{text}");
+    assert!(!text.trim().is_empty(), "the validator printed nothing");
 }

@@ -9,6 +9,9 @@
 //!   IPv6 the solicited-node multicast group is joined (receive filter and MLD report).
 //! - [`AnnounceMode::Address`]: the /32 or /128 is added to the interface, marked as ours
 //!   (see [`super::address`]); the kernel answers.
+//! - [`AnnounceMode::Local`]: the address is added as in address mode (usually to `lo`), and
+//!   nothing is sent or answered on the LAN: a router learns it by BGP. No raw socket, no
+//!   probe, no gratuitous announcements.
 //!
 //! In both modes, gaining an address sends a gratuitous ARP (IPv4) or an unsolicited
 //! neighbour advertisement with the override flag (IPv6) at once, again at +250 ms, +750 ms
@@ -469,7 +472,15 @@ impl Announcer {
     pub async fn wait_claimed_by_others(&self, timeout: Duration) -> Vec<IpAddr> {
         let start = Instant::now();
         let deadline = tokio::time::Instant::from_std(start + timeout);
-        let targets: Vec<IpAddr> = self.shared.table().active.keys().copied().collect();
+        // Local addresses are never claimed on the LAN: nothing to wait for.
+        let targets: Vec<IpAddr> = self
+            .shared
+            .table()
+            .active
+            .iter()
+            .filter(|(_, e)| e.mode.on_lan())
+            .map(|(ip, _)| *ip)
+            .collect();
         loop {
             let notified = self.shared.claimed.notified();
             tokio::pin!(notified);
@@ -646,6 +657,7 @@ impl State {
         let announces = self
             .held
             .values()
+            .filter(|h| h.target.mode.on_lan())
             .filter_map(|h| h.active.as_ref().map(|a| a.next_announce));
         let probes = self.probing.values().map(|p| match PROBES.get(p.sent) {
             Some(offset) => p.started + *offset,
@@ -774,7 +786,7 @@ impl State {
         // Record every address about to be added with one write.
         let reserve: Vec<RecordEntry> = pending
             .iter()
-            .filter(|(_, t)| t.mode == AnnounceMode::Address)
+            .filter(|(_, t)| t.mode.adds_address())
             .filter_map(|(ip, t)| {
                 by_name.get(t.interface.as_str()).map(|i| RecordEntry {
                     ip: *ip,
@@ -793,6 +805,14 @@ impl State {
                 }
                 continue;
             };
+            if target.mode == AnnounceMode::Local {
+                self.missing.remove(&target.interface);
+                if let Err(e) = self.activate_local(ip, &target, interface) {
+                    tracing::warn!(%ip, interface = %target.interface, error = %e, "could not add the address");
+                    first_error.get_or_insert(e);
+                }
+                continue;
+            }
             let Some(mac) = interface.mac else {
                 if self.missing.insert(target.interface.clone()) {
                     tracing::warn!(interface = %target.interface, %ip, "interface has no Ethernet address; cannot announce on it");
@@ -875,12 +895,15 @@ impl State {
         let socket = self.link(shared, interface, mac)?;
         let mut owns_address = false;
         match target.mode {
-            AnnounceMode::Address => match self.addrs.add(ip, interface.index, &interface.name)? {
-                Added::Added | Added::AlreadyOurs => owns_address = true,
-                Added::Foreign => {
-                    tracing::warn!(%ip, interface = %interface.name, "address already present and not ours; leaving it as it is");
+            // Local targets are activated by `activate_local`; added here alike if ever reached.
+            AnnounceMode::Address | AnnounceMode::Local => {
+                match self.addrs.add(ip, interface.index, &interface.name)? {
+                    Added::Added | Added::AlreadyOurs => owns_address = true,
+                    Added::Foreign => {
+                        tracing::warn!(%ip, interface = %interface.name, "address already present and not ours; leaving it as it is");
+                    }
                 }
-            },
+            }
             AnnounceMode::Arp => {
                 if let IpAddr::V6(v6) = ip {
                     self.join_groups(&socket, interface, v6);
@@ -900,6 +923,38 @@ impl State {
         // The announcement goes out before anything else is done for other addresses.
         announce(shared, &socket, ip, &mut active, now, &interface.name);
         tracing::info!(%ip, interface = %interface.name, mode = ?target.mode, "announcing");
+        if let Some(h) = self.held.get_mut(&ip) {
+            h.active = Some(active);
+        }
+        Ok(())
+    }
+
+    /// Local mode: the address on the interface, nothing on the LAN.
+    fn activate_local(
+        &mut self,
+        ip: IpAddr,
+        target: &Target,
+        interface: &Interface,
+    ) -> Result<(), NetError> {
+        let owns_address = match self.addrs.add(ip, interface.index, &interface.name)? {
+            Added::Added | Added::AlreadyOurs => true,
+            Added::Foreign => {
+                tracing::warn!(%ip, interface = %interface.name, "address already present and not ours; leaving it as it is");
+                false
+            }
+        };
+        let now = Instant::now();
+        let active = Active {
+            ifindex: interface.index,
+            mac: interface.mac.unwrap_or(MacAddr([0; 6])),
+            since: SystemTime::now(),
+            gained: now,
+            sent: 0,
+            // Never due: announce_due and next_timer skip local addresses.
+            next_announce: now,
+            owns_address,
+        };
+        tracing::info!(%ip, interface = %interface.name, mode = ?target.mode, "address added (announced by BGP)");
         if let Some(h) = self.held.get_mut(&ip) {
             h.active = Some(active);
         }
@@ -953,7 +1008,7 @@ impl State {
         };
         match held.target.mode {
             AnnounceMode::Arp => self.leave_groups(ip, active, &held.target.interface),
-            AnnounceMode::Address if active.owns_address => {
+            AnnounceMode::Address | AnnounceMode::Local if active.owns_address => {
                 let addr = KernelAddr {
                     ip,
                     prefix_len: if ip.is_ipv4() { 32 } else { 128 },
@@ -964,7 +1019,7 @@ impl State {
                 };
                 self.addrs.remove(&addr)?;
             }
-            AnnounceMode::Address => {}
+            AnnounceMode::Address | AnnounceMode::Local => {}
         }
         Ok(())
     }
@@ -1016,7 +1071,7 @@ impl State {
         let want: BTreeSet<(IpAddr, u32)> = self
             .held
             .iter()
-            .filter(|(_, h)| h.target.mode == AnnounceMode::Address)
+            .filter(|(_, h)| h.target.mode.adds_address())
             .filter_map(|(ip, h)| h.active.as_ref().map(|a| (*ip, a.ifindex)))
             .collect();
         for (ip, ifindex) in &want {
@@ -1075,7 +1130,7 @@ impl State {
             let Some(active) = held.active.as_mut() else {
                 continue;
             };
-            if active.next_announce > now {
+            if !held.target.mode.on_lan() || active.next_announce > now {
                 continue;
             }
             if yielding {

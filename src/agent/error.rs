@@ -60,6 +60,12 @@ pub enum ControlPlaneError {
     },
     #[error("building a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    /// The --bgp flags: every problem, each naming its flag.
+    #[error("invalid BGP flags of the control-plane VIP:\n  {}", .0.join("\n  "))]
+    Bgp(Vec<String>),
+    /// What --bgp needs from the node (router ID, password file) is not there.
+    #[error("{0}")]
+    BgpSetup(String),
 }
 
 impl Category for ControlPlaneError {
@@ -67,7 +73,8 @@ impl Category for ControlPlaneError {
         match self {
             ControlPlaneError::Missing(_) | ControlPlaneError::NodeName(_) => "usage",
             ControlPlaneError::Kubeconfig { .. } | ControlPlaneError::Infer(_) => "config",
-            ControlPlaneError::Url { .. } => "usage",
+            ControlPlaneError::Url { .. } | ControlPlaneError::Bgp(_) => "usage",
+            ControlPlaneError::BgpSetup(_) => "config",
             ControlPlaneError::Client(_) => "connect",
         }
     }

@@ -26,6 +26,10 @@ pub enum AnnounceMode {
     Arp,
     /// The agent adds the /32 or /128 to the interface; the kernel answers.
     Address,
+    /// The agent adds the /32 or /128 to the interface (usually `lo`) so the kernel accepts
+    /// its traffic, and announces nothing on the LAN: a router learns the address by BGP
+    /// (the control-plane VIP with `--bgp`). Never probed, never yielded on a LAN claim.
+    Local,
 }
 
 impl AnnounceMode {
@@ -33,7 +37,18 @@ impl AnnounceMode {
         match self {
             AnnounceMode::Arp => "arp",
             AnnounceMode::Address => "address",
+            AnnounceMode::Local => "local",
         }
+    }
+
+    /// Whether the agent puts the address on the interface (and removes it again).
+    pub fn adds_address(self) -> bool {
+        matches!(self, AnnounceMode::Address | AnnounceMode::Local)
+    }
+
+    /// Whether the address is announced on the LAN (gratuitous ARP / unsolicited NA).
+    pub fn on_lan(self) -> bool {
+        matches!(self, AnnounceMode::Arp | AnnounceMode::Address)
     }
 }
 

@@ -746,13 +746,14 @@ fn control_plane_mode(ctx: &mut Ctx<'_>, env: &Env, value: &Value, pod_spec: &Va
         .to_string();
     let defaults = ManifestOptions {
         vip,
-        interface: interface.trim().to_string(),
+        interface: Some(interface.trim().to_string()),
         image: manifest::DEFAULT_IMAGE.to_string(),
         port,
         namespace,
         kubeconfig: "/etc/kubernetes/admin.conf".to_string(),
         lease_duration: Duration::from_secs(3),
         renew_interval: Duration::from_secs(1),
+        bgp: None,
     };
     let options = ManifestOptions {
         lease_duration: env

@@ -60,8 +60,10 @@ pub struct AgentLab {
     threads: Vec<JoinHandle<()>>,
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vipam")
+/// The binary under test: `VIPAM_TEST_BIN` when set (a copy taken right after the build,
+/// for a target directory that several checkouts share), else cargo's.
+pub fn bin() -> String {
+    std::env::var("VIPAM_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vipam").to_string())
 }
 
 impl AgentLab {
@@ -251,7 +253,7 @@ impl AgentLab {
         let state = self.dir.join(format!("{node}-state"));
         let f = &self.flags;
         let child = Command::new("ip")
-            .args(["netns", "exec", self.net.ns(node), bin(), "agent"])
+            .args(["netns", "exec", self.net.ns(node), &bin(), "agent"])
             .args(["--node-name", node, "--namespace", "vipam-system"])
             .args(["--admin-addr", "127.0.0.1:9478"])
             .arg("--state-dir")

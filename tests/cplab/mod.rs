@@ -22,10 +22,14 @@ use crate::agentlab::{AgentFlags, AgentLab, NODES, Prober, serve_each};
 pub const API_PORT: u16 = 6443;
 /// The control-plane VIP of the lab.
 pub const VIP: &str = "192.0.2.250";
+/// The control-plane VIP announced by BGP: outside the LAN, reached through the router.
+pub const BGP_VIP: &str = "203.0.113.250";
 
 pub struct CpLab {
     pub lab: AgentLab,
     pub vip: IpAddr,
+    /// Where a holder has the VIP: `eth0` (L2), `lo` (BGP).
+    pub vip_dev: &'static str,
     healthy: BTreeMap<String, Arc<AtomicBool>>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
@@ -35,7 +39,16 @@ pub struct CpLab {
 impl CpLab {
     /// The lab with a stand-in API server on every node; agents start with [`CpLab::start`].
     pub fn new(name: &str, flags: AgentFlags, extra: &[&str]) -> CpLab {
-        let lab = AgentLab::new(name, flags);
+        CpLab::on(AgentLab::new(name, flags), VIP, "eth0", extra)
+    }
+
+    /// The lab with a router (tests/agentlab `with_router`) and the VIP [`BGP_VIP`], which
+    /// holders put on `lo`; `extra` carries the --bgp flags.
+    pub fn with_router(name: &str, flags: AgentFlags, extra: &[&str]) -> CpLab {
+        CpLab::on(AgentLab::with_router(name, flags), BGP_VIP, "lo", extra)
+    }
+
+    fn on(lab: AgentLab, vip: &str, vip_dev: &'static str, extra: &[&str]) -> CpLab {
         let stop = Arc::new(AtomicBool::new(false));
         let mut healthy = BTreeMap::new();
         let mut servers = Vec::new();
@@ -50,7 +63,8 @@ impl CpLab {
         }
         CpLab {
             lab,
-            vip: VIP.parse().unwrap(),
+            vip: vip.parse().unwrap(),
+            vip_dev,
             healthy,
             stop,
             servers,
@@ -61,10 +75,11 @@ impl CpLab {
     /// The flags of a control-plane agent in this lab.
     pub fn agent_args(&self) -> Vec<String> {
         let kubeconfig = self.lab.dir.join("kubeconfig");
+        let vip = self.vip.to_string();
         let mut args: Vec<String> = [
             "--control-plane",
             "--vip",
-            VIP,
+            &vip,
             "--interface",
             "eth0",
             "--kubeconfig",
@@ -102,7 +117,7 @@ impl CpLab {
         self.healthy[node].store(healthy, Ordering::Release);
     }
 
-    /// The nodes that have the VIP on their `eth0`.
+    /// The nodes that have the VIP on their `eth0` (`lo` with BGP).
     pub fn holders(&self) -> Vec<String> {
         let needle = format!("{}/32", self.vip);
         NODES
@@ -110,7 +125,7 @@ impl CpLab {
             .filter(|node| {
                 self.lab
                     .net
-                    .exec_ok(node, "ip", &["-o", "addr", "show", "dev", "eth0"])
+                    .exec_ok(node, "ip", &["-o", "addr", "show", "dev", self.vip_dev])
                     .contains(&needle)
             })
             .map(|n| n.to_string())

@@ -42,12 +42,15 @@ use super::net::NetError;
 use super::run::{self, AnnouncerSource};
 use super::shares::{AnnouncerShares, Share};
 use super::signals;
+use super::speaker::Speaker;
 use crate::admin::{self, MetricsText, Readiness, encode_registry};
 use crate::controller::parse_duration;
 use crate::core::category::Category;
 use crate::core::election::{self, Health, Hold, Inputs, LeaseAction, LeaseView, VipState};
 use crate::core::ownership::{AnnounceMode, Liveness};
 use crate::lease::Sighting;
+
+pub mod bgp;
 
 /// The Lease the control-plane nodes compete for.
 pub const LEASE_NAME: &str = "vipam-control-plane";
@@ -105,6 +108,53 @@ pub struct ControlPlaneArgs {
     /// CRDs, so off by default: a static pod runs before they exist).
     #[arg(long, env = "VIPAM_ANNOUNCE_SERVICES")]
     pub announce_services: bool,
+    /// Announce the VIP by BGP to the --bgp-peer routers instead of on the LAN: the leader
+    /// announces it as a /32 (/128) and puts it on `lo` (no ARP/NDP); the others announce
+    /// nothing. --interface is then optional (it only gives the default router ID).
+    #[arg(long, env = "VIPAM_BGP")]
+    pub bgp: bool,
+    /// A router to announce the VIP to: `ADDRESS`, `ADDRESS:PORT` or `[IPV6]:PORT` (port
+    /// 179 by default). Repeatable, or comma-separated.
+    #[arg(
+        long = "bgp-peer",
+        env = "VIPAM_BGP_PEERS",
+        value_delimiter = ',',
+        value_name = "ADDRESS[:PORT]"
+    )]
+    pub bgp_peers: Vec<String>,
+    /// The routers' AS number.
+    #[arg(long, env = "VIPAM_BGP_PEER_ASN", value_name = "ASN")]
+    pub bgp_peer_asn: Option<u32>,
+    /// This node's AS number (equal to --bgp-peer-asn: iBGP).
+    #[arg(long, env = "VIPAM_BGP_MY_ASN", value_name = "ASN")]
+    pub bgp_my_asn: Option<u32>,
+    /// BGP router ID. Default: --bgp-source-address when IPv4, else the first IPv4 address of
+    /// --interface (or of the interface holding the default route).
+    #[arg(long, env = "VIPAM_BGP_ROUTER_ID", value_name = "IPV4")]
+    pub bgp_router_id: Option<std::net::Ipv4Addr>,
+    /// Hold time proposed to the routers (0, or 3s to 65535s): how long a router keeps the
+    /// route of a node that died without closing its session.
+    #[arg(long, env = "VIPAM_BGP_HOLD_TIME", default_value = "9s")]
+    pub bgp_hold_time: String,
+    /// File holding the TCP MD5 password of the sessions (one trailing newline is ignored).
+    /// Never a flag value: the command line is visible to every user of the node.
+    #[arg(long, env = "VIPAM_BGP_PASSWORD_FILE", value_name = "PATH")]
+    pub bgp_password_file: Option<PathBuf>,
+    /// IP TTL of the sessions' packets (eBGP multihop). Default: 1 for eBGP, 64 for iBGP.
+    #[arg(long, env = "VIPAM_BGP_MULTIHOP_TTL", value_name = "TTL")]
+    pub bgp_multihop_ttl: Option<u8>,
+    /// Local address of the sessions (default: chosen by the kernel's routing).
+    #[arg(long, env = "VIPAM_BGP_SOURCE_ADDRESS", value_name = "ADDRESS")]
+    pub bgp_source_address: Option<String>,
+    /// Communities of the VIP's route: `65000:100`, a well-known name (`no-export`), or
+    /// `large:65000:1:2`. Repeatable, or comma-separated.
+    #[arg(
+        long,
+        env = "VIPAM_BGP_COMMUNITIES",
+        value_delimiter = ',',
+        value_name = "COMMUNITY"
+    )]
+    pub bgp_communities: Vec<String>,
 }
 
 /// This node's name: --node-name, else the host name (lower case, as the kubelet registers
@@ -247,10 +297,12 @@ impl HealthProbe {
 /// SIGTERM or SIGINT, then hands over.
 pub async fn run(mut args: AgentArgs) -> Result<(), AgentError> {
     let cp = &args.control_plane;
-    if cp.vip.is_none() {
+    let Some(vip) = cp.vip else {
         return Err(ControlPlaneError::Missing("--vip").into());
-    }
-    if cp.interface.as_deref().is_none_or(str::is_empty) {
+    };
+    // Usage errors before anything else is tried.
+    let bgp = bgp::parse_flags(cp, vip).map_err(ControlPlaneError::Bgp)?;
+    if bgp.is_none() && cp.interface.as_deref().is_none_or(str::is_empty) {
         return Err(ControlPlaneError::Missing("--interface").into());
     }
     args.node_name = node_name(&args.node_name)?;
@@ -465,12 +517,41 @@ pub async fn run_with(
 ) -> Result<(), AgentError> {
     let cp = args.control_plane.clone();
     let vip = cp.vip.ok_or(ControlPlaneError::Missing("--vip"))?;
-    let interface = cp
-        .interface
-        .clone()
-        .ok_or(ControlPlaneError::Missing("--interface"))?;
+    let bgp_flags = bgp::parse_flags(&cp, vip).map_err(ControlPlaneError::Bgp)?;
+    let interface = match (&bgp_flags, cp.interface.clone()) {
+        (Some(_), _) => bgp::VIP_INTERFACE.to_string(),
+        (None, Some(interface)) if !interface.is_empty() => interface,
+        (None, _) => return Err(ControlPlaneError::Missing("--interface").into()),
+    };
+    // BGP: the router ID and the password before any session starts (netlink and file
+    // reads: off the runtime).
+    let bgp_setup = match bgp_flags {
+        None => None,
+        Some(flags) => {
+            let source = flags.peers.first().and_then(|p| p.source);
+            let named = cp.interface.clone().filter(|i| !i.is_empty());
+            let read = flags.clone();
+            let (router_id, password) = tokio::task::spawn_blocking(move || {
+                let router_id = match read.router_id {
+                    Some(id) => id,
+                    None => bgp::default_router_id(source, named.as_deref(), vip)?,
+                };
+                let password = read
+                    .password_file
+                    .as_deref()
+                    .map(bgp::read_password)
+                    .transpose()?;
+                Ok::<_, String>((router_id, password))
+            })
+            .await
+            .map_err(|e| ControlPlaneError::BgpSetup(e.to_string()))?
+            .map_err(ControlPlaneError::BgpSetup)?;
+            Some((flags, router_id, password))
+        }
+    };
     tracing::info!(node = %args.node_name, %vip, %interface, namespace = %cp.control_plane_namespace,
-        services = cp.announce_services, health = %health.url, "vipam control-plane VIP starting");
+        services = cp.announce_services, health = %health.url, bgp = bgp_setup.is_some(),
+        "vipam control-plane VIP starting");
 
     let net = NetCounters::default();
     let agent_metrics = Arc::new(AgentMetrics::new(net.clone()));
@@ -510,6 +591,17 @@ pub async fn run_with(
         &["control-plane"]
     };
     let (shares, handles) = AnnouncerShares::new(announcer, parts);
+    // Sessions run on every node (a new leader only sends an UPDATE); routes on the leader's.
+    let bgp_part = bgp_setup.map(|(flags, router_id, password)| {
+        tracing::info!(%router_id, peers = ?flags.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            md5 = password.is_some(), "announcing the control-plane VIP by BGP");
+        let mut speaker = Speaker::new(agent_metrics.speaker.clone(), Arc::new(Notify::new()));
+        speaker.set_peers(flags.setups(router_id, password));
+        Arc::new(BgpPart {
+            flags,
+            speaker: tokio::sync::Mutex::new(speaker),
+        })
+    });
 
     let ctx = Arc::new(Ctx {
         me: args.node_name.clone(),
@@ -544,6 +636,7 @@ pub async fn run_with(
     let apply_task = tokio::spawn(apply_vip(
         ctx.clone(),
         handles[0].clone(),
+        bgp_part.clone(),
         vip_rx,
         flags[0].clone(),
         stop_rx.clone(),
@@ -578,11 +671,58 @@ pub async fn run_with(
             Err(err) => tracing::warn!(error = %err, "the Service announcer task failed"),
         }
     }
-    let _ = apply_task.await;
+    let announced = apply_task.await.unwrap_or(false);
+    if let Some(part) = &bgp_part {
+        if announced {
+            // The Lease is released: the route stays until another node holds it and had
+            // time to announce it, so the router switches paths without a gap.
+            let next = wait_other_holder(&ctx, args.handover_timeout).await;
+            if next.is_some() {
+                tokio::time::sleep(bgp::HANDOVER_GRACE).await;
+            }
+            tracing::info!(next = ?next, elapsed_ms = handover.elapsed().as_millis() as u64,
+                "withdrawing the control-plane VIP's route");
+        }
+        // Withdraw, wait for the routers' TCP acknowledgement, Cease.
+        part.speaker.lock().await.shutdown(bgp::STOP_TIMEOUT).await;
+    }
     health_task.abort();
     watch_task.abort();
     shares.hand_over(args.handover_timeout, handover).await;
     Ok(())
+}
+
+/// The BGP side of the VIP (--bgp).
+struct BgpPart {
+    flags: bgp::VipBgp,
+    speaker: tokio::sync::Mutex<Speaker>,
+}
+
+impl BgpPart {
+    /// Announces (or withdraws) the VIP to every router.
+    async fn announce(&self, on: bool) {
+        self.speaker.lock().await.set_routes(&self.flags.routes(on));
+    }
+}
+
+/// Waits until the Lease names another holder (as this process's watch sees it), at most
+/// `timeout`; returns it.
+async fn wait_other_holder(ctx: &Ctx, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let LeaseView::Present {
+            holder: Some(holder),
+            ..
+        } = &lock(&ctx.book).view
+            && *holder != ctx.me
+        {
+            return Some(holder.clone());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Checks the local API server every `interval`.
@@ -911,41 +1051,56 @@ async fn release(ctx: &Ctx, api: &Api<Lease>) {
 }
 
 /// Applies the VIP decisions to this part's share of the announcer.
+/// Returns whether the VIP was announced when it stopped (the handover is then still to do).
 async fn apply_vip(
     ctx: Arc<Ctx>,
     share: Share,
+    bgp: Option<Arc<BgpPart>>,
     mut decisions: watch::Receiver<Option<VipState>>,
     ready: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> bool {
     let mut applied: Option<bool> = None;
     let mut retry = false;
     loop {
         let state = *decisions.borrow_and_update();
         if let Some(state) = state {
             let announce = state != VipState::Drop;
-            share.set_yield_to_others(state == VipState::HoldYielding);
+            // L2: a yielding holder lets another node's announcements win on the LAN. BGP has
+            // no such signal: the holder keeps its route (invariant 5) until it drops the VIP.
+            if bgp.is_none() {
+                share.set_yield_to_others(state == VipState::HoldYielding);
+            }
             if applied != Some(announce) || retry {
+                let target = match &bgp {
+                    Some(_) => bgp::vip_target(),
+                    None => Target {
+                        interface: ctx.interface.clone(),
+                        mode: AnnounceMode::Address,
+                        // The VIP is the administrator's; a standby takes it over at once.
+                        probe_first: false,
+                    },
+                };
                 let desired: BTreeMap<IpAddr, Target> = if announce {
-                    BTreeMap::from([(
-                        ctx.vip,
-                        Target {
-                            interface: ctx.interface.clone(),
-                            mode: AnnounceMode::Address,
-                            // The VIP is the administrator's; a standby takes it over at once.
-                            probe_first: false,
-                        },
-                    )])
+                    BTreeMap::from([(ctx.vip, target)])
                 } else {
                     BTreeMap::new()
                 };
+                // BGP: the route is withdrawn before the address goes, and announced only
+                // once the address is there, so nothing routed here is refused.
+                if !announce && let Some(part) = &bgp {
+                    part.announce(false).await;
+                }
                 match share.set(desired).await {
                     Ok(()) => {
+                        if announce && let Some(part) = &bgp {
+                            part.announce(true).await;
+                        }
                         retry = false;
                         if applied.is_some() || announce {
                             ctx.metrics.vip_changes.inc();
                             if announce {
-                                tracing::info!(vip = %ctx.vip, interface = %ctx.interface, "announcing the control-plane VIP");
+                                tracing::info!(vip = %ctx.vip, interface = %ctx.interface, bgp = bgp.is_some(), "announcing the control-plane VIP");
                             } else {
                                 tracing::info!(vip = %ctx.vip, "no longer announcing the control-plane VIP");
                             }
@@ -954,7 +1109,7 @@ async fn apply_vip(
                         ctx.metrics.leader.set(i64::from(announce));
                         ready.store(true, Ordering::Release);
                     }
-                    Err(NetError::Stopped) => return,
+                    Err(NetError::Stopped) => return applied == Some(true),
                     Err(err) => {
                         tracing::warn!(error = %err, category = err.category(), "applying the control-plane VIP failed; retrying");
                         retry = true;
@@ -965,10 +1120,10 @@ async fn apply_vip(
         tokio::select! {
             changed = decisions.changed() => if changed.is_err() {
                 // The election loop stopped (shutdown): drop the VIP only at the handover.
-                return;
+                return applied == Some(true);
             },
             _ = tokio::time::sleep(Duration::from_secs(1)), if retry => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => return applied == Some(true),
         }
     }
 }

@@ -286,6 +286,40 @@ pub enum Added {
     Foreign,
 }
 
+/// The addresses of the interface `ifname` in kernel order (None when there is no such
+/// interface), read with a netlink socket of its own in the calling thread's namespace.
+/// Blocking: call it off the async runtime.
+pub fn addresses_of(ifname: &str) -> Result<Option<Vec<KernelAddr>>, NetError> {
+    let mut nl = Netlink::open(0).map_err(|e| NetError::Netlink {
+        op: "open",
+        source: e,
+    })?;
+    let Some(index) = super::iface::list_with(&mut nl)?
+        .into_iter()
+        .find(|i| i.name == ifname)
+        .map(|i| i.index)
+    else {
+        return Ok(None);
+    };
+    let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+    let replies = nl
+        .request(request, NLM_F_DUMP)
+        .map_err(|e| NetError::Netlink {
+            op: "list addresses",
+            source: e,
+        })?;
+    Ok(Some(
+        replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => parse_addr(a),
+                _ => None,
+            })
+            .filter(|a| a.ifindex == index)
+            .collect(),
+    ))
+}
+
 impl AddressManager {
     /// Opens the netlink socket (in the calling thread's namespace) and loads the record from
     /// `state_dir` (created if missing). An unreadable record is logged and replaced: losing
