@@ -843,3 +843,151 @@ async fn a_keepalive_flood_is_just_traffic() {
     assert!(!run.logs.contains("BGP session failed"), "{}", run.logs);
     assert_eq!(run.final_report.state, State::Established);
 }
+
+// ---------------------------------------------------------------------------------------------
+// UPDATE packing and End-of-RIB
+
+/// Reads UPDATEs until `until` says stop; returns them. Every message must be an UPDATE.
+async fn read_updates(conn: &mut Conn, mut until: impl FnMut(&Msg) -> bool) -> Vec<Msg> {
+    let mut updates = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), conn.read())
+            .await
+            .expect("no UPDATE from the speaker for 10 s")
+            .expect("the speaker closed the session");
+        if msg.kind == KEEPALIVE {
+            continue;
+        }
+        assert_eq!(msg.kind, UPDATE, "{msg:?}");
+        let stop = until(&msg);
+        updates.push(msg);
+        if stop {
+            return updates;
+        }
+    }
+}
+
+/// Checks the UPDATEs of `wanted` /32s with one attribute set: every one at most 4096 bytes,
+/// ORIGIN IGP, AS_PATH of the node's ASN (4 bytes), NEXT_HOP 127.0.0.1, nothing withdrawn,
+/// every prefix once; every UPDATE but the last too full to take another /32. Returns how
+/// many /32s fit in one UPDATE.
+fn check_packing(updates: &[Msg], wanted: &[IpNet]) -> usize {
+    let mut got = Vec::new();
+    let mut per_update = 0;
+    for (index, update) in updates.iter().enumerate() {
+        let len = 19 + update.body.len();
+        assert!(len <= 4096, "UPDATE {index} has {len} bytes");
+        let (withdrawn, attrs, nlri) = update.update();
+        assert!(withdrawn.is_empty());
+        let mut as_path = vec![2, 1]; // AS_SEQUENCE of one ASN
+        as_path.extend_from_slice(&NODE_ASN.to_be_bytes());
+        assert_eq!(
+            attrs,
+            [
+                (1, vec![0]),
+                (2, as_path),
+                (3, Ipv4Addr::LOCALHOST.octets().to_vec())
+            ],
+            "UPDATE {index}'s attributes"
+        );
+        let attrs_len = update.body.len() - 4 - 5 * nlri.len();
+        per_update = (4096 - 19 - 4 - attrs_len) / 5;
+        if index + 1 < updates.len() {
+            assert_eq!(
+                nlri.len(),
+                per_update,
+                "UPDATE {index} is not full ({len} bytes)"
+            );
+        }
+        got.extend(nlri);
+    }
+    assert_eq!(
+        got.len(),
+        wanted.len(),
+        "a prefix was sent twice or not at all"
+    );
+    got.sort();
+    assert_eq!(got, wanted);
+    per_update
+}
+
+#[tokio::test]
+async fn five_thousand_routes_are_packed_into_full_updates_and_a_new_session_gets_them_then_end_of_rib()
+ {
+    const ROUTES: usize = 5_000;
+    let (logs, _guard) = Logs::capture();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut speaker = Speaker::new(SpeakerMetrics::default(), Arc::default());
+    speaker.set_peers(vec![setup("tor", port)]);
+    let (mut conn, _) = accept(&listener, Duration::from_secs(5)).await;
+    conn.handshake().await;
+    // Nothing to announce yet: End-of-RIB alone.
+    let first = conn.read().await.expect("End-of-RIB");
+    assert!(first.is_end_of_rib(), "{first:?}");
+    assert_eq!(report(&speaker.reports(), "tor").state, State::Established);
+
+    let wanted = host_routes(ROUTES);
+    let peer_routes = [("tor".to_string(), routes(wanted.clone()))].into();
+    let set_at = Instant::now();
+    speaker.set_routes(&peer_routes);
+    let mut count = 0;
+    let updates = read_updates(&mut conn, |msg| {
+        count += msg.update().2.len();
+        count >= ROUTES
+    })
+    .await;
+    let took = set_at.elapsed();
+    let per_update = check_packing(&updates, &wanted);
+    // 4096 bytes less header (19), two length fields (4), ORIGIN (4), AS_PATH (9), NEXT_HOP (7):
+    // 4053 bytes, 810 /32s of 5 bytes each.
+    assert_eq!(per_update, 810);
+    assert_eq!(updates.len(), ROUTES.div_ceil(per_update));
+    assert_eq!(updates.len(), 7);
+    let after = report(&speaker.reports(), "tor").clone();
+    assert_eq!(after.prefixes_sent, ROUTES);
+    assert_eq!(after.updates_sent, 1 + 7, "End-of-RIB, then the 7 UPDATEs");
+    eprintln!(
+        "{ROUTES} routes on an Established session: {} UPDATEs ({per_update} /32s each), the \
+         last received {took:?} after set_routes",
+        updates.len()
+    );
+
+    // The router resets the session (Cease / Administrative Reset): the speaker connects again
+    // after 1 s and sends the whole table, then End-of-RIB, and nothing else.
+    conn.send(&notification(6, 4, &[])).await;
+    let (after_reset, closed) = conn.until_closed(Duration::from_secs(2)).await;
+    assert!(
+        closed.is_some() && after_reset.is_empty(),
+        "{after_reset:?}"
+    );
+    let (mut conn, reconnected) = accept(&listener, Duration::from_secs(5)).await;
+    let backoff = reconnected - closed.unwrap();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(1600)).contains(&backoff),
+        "connected again after {backoff:?}"
+    );
+    let up = Instant::now();
+    conn.handshake().await;
+    let mut table = read_updates(&mut conn, Msg::is_end_of_rib).await;
+    let took = up.elapsed();
+    let end_of_rib = table.pop().expect("End-of-RIB");
+    assert!(end_of_rib.is_end_of_rib());
+    check_packing(&table, &wanted);
+    assert_eq!(table.len(), 7, "the full table before End-of-RIB");
+    let (late, closed) = conn.until_closed(Duration::from_millis(500)).await;
+    assert!(
+        closed.is_none() && late.iter().all(|m| m.kind == KEEPALIVE),
+        "after End-of-RIB: {late:?}"
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("BGP session failed") && text.contains("Cease / Administrative Reset (6/4)"),
+        "{text}"
+    );
+    eprintln!(
+        "new session: {} UPDATEs then End-of-RIB, {took:?} after the connection was accepted",
+        table.len()
+    );
+    speaker.shutdown(Duration::from_secs(3)).await;
+}
