@@ -63,6 +63,9 @@ pub(super) struct PeerTask {
     epoch_wall: SystemTime,
     metrics: SpeakerMetrics,
     updates_sent: u64,
+    /// The failure last logged: its error and when the session entered the state it left the
+    /// session in (each failure logs once, even when the same error repeats).
+    logged_failure: Option<(String, Duration)>,
 }
 
 /// The session settings of a peer.
@@ -94,6 +97,7 @@ impl PeerTask {
             epoch_wall: SystemTime::now(),
             metrics,
             updates_sent: 0,
+            logged_failure: None,
         }
     }
 
@@ -297,10 +301,10 @@ impl PeerTask {
                     }
                 }
                 Action::Down => {
+                    // Why it went down is logged with the failure (`log_failure`), or it was
+                    // stopped: `last_error` may be an older failure's here.
                     self.rib.reset();
-                    if let Some(error) = self.session.last_error() {
-                        tracing::warn!(peer = %self.setup.peer.name, address = %self.setup.peer.address, %error, "BGP session down");
-                    }
+                    tracing::info!(peer = %self.setup.peer.name, address = %self.setup.peer.address, "BGP session left Established");
                 }
             }
         }
@@ -418,7 +422,31 @@ impl PeerTask {
         self.metrics.error(&self.setup.peer.name, category);
     }
 
-    fn publish(&self, report: &watch::Sender<SessionReport>) {
+    /// Logs the session's failure once: a session that failed waits in Idle or Active to
+    /// retry, with its reason in `last_error` (an OPEN refused, a hold timer that expired, a
+    /// malformed message, a connection that closed, in any state).
+    fn log_failure(&mut self) {
+        let state = self.session.state();
+        if !self.session.started() || !matches!(state, State::Idle | State::Active) {
+            return;
+        }
+        let Some(error) = self.session.last_error() else {
+            return;
+        };
+        let failure = (error.to_string(), self.session.since());
+        if self.logged_failure.as_ref() == Some(&failure) {
+            return;
+        }
+        let retry_in = self
+            .session
+            .next_deadline()
+            .map(|at| at.saturating_sub(self.now()));
+        tracing::warn!(peer = %self.setup.peer.name, address = %self.setup.peer.address, %state, ?retry_in, %error, "BGP session failed");
+        self.logged_failure = Some(failure);
+    }
+
+    fn publish(&mut self, report: &watch::Sender<SessionReport>) {
+        self.log_failure();
         let state = self.session.state();
         let next = SessionReport {
             peer: self.setup.peer.name.clone(),
