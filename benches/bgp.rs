@@ -357,7 +357,7 @@ fn crash_gaps(lab: &AgentLab, bird: &mut Bird, vip: IpAddr) {
         // BIRD holds a session that failed in its error wait (60 s by default) and closes
         // connections meanwhile: a restart ends it.
         bird.birdc(&["restart", &node]);
-        wait_established(bird, &[node.clone()], Duration::from_secs(40));
+        wait_established(bird, std::slice::from_ref(&node), Duration::from_secs(40));
         wait_paths(bird, "203.0.113.10/32", 3, Duration::from_secs(20));
         std::thread::sleep(Duration::from_secs(1));
     }
