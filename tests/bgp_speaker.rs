@@ -93,6 +93,9 @@ fn notification(code: u8, subcode: u8, data: &[u8]) -> Vec<u8> {
     message(NOTIFICATION, &body)
 }
 
+/// A path attribute: type code and value.
+type Attribute = (u8, Vec<u8>);
+
 /// A message from the speaker.
 #[derive(Clone, Debug)]
 struct Msg {
@@ -108,7 +111,7 @@ impl Msg {
     }
 
     /// An IPv4 UPDATE's withdrawn prefixes, path attributes (type code, value) and NLRI.
-    fn update(&self) -> (Vec<IpNet>, Vec<(u8, Vec<u8>)>, Vec<IpNet>) {
+    fn update(&self) -> (Vec<IpNet>, Vec<Attribute>, Vec<IpNet>) {
         assert_eq!(self.kind, UPDATE, "{self:?}");
         let body = &self.body;
         let withdrawn_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
