@@ -994,3 +994,79 @@ async fn five_thousand_routes_are_packed_into_full_updates_and_a_new_session_get
     );
     speaker.shutdown(Duration::from_secs(3)).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A peer that stops reading
+
+/// A router that completes the handshake and then reads nothing more: once the socket buffers
+/// are full, the speaker's writes wait, and after 15 s it gives the session up with an error
+/// that says so, instead of stalling the session's task forever. The other session is not
+/// affected.
+#[tokio::test]
+async fn a_peer_that_stops_reading_loses_its_session_not_the_speaker() {
+    let healthy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let healthy_port = healthy_listener.local_addr().unwrap().port();
+    let deaf_port = deaf_listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = accept(&healthy_listener, Duration::from_secs(60)).await;
+            conn.handshake().await;
+            conn.serve(Arc::default()).await;
+        }
+    });
+    let (deaf_tx, deaf_rx) = oneshot::channel::<Conn>();
+    tokio::spawn(async move {
+        let (mut conn, _) = accept(&deaf_listener, Duration::from_secs(10)).await;
+        conn.handshake().await;
+        // Keep the connection open, read nothing.
+        let _ = deaf_tx.send(conn);
+        std::future::pending::<()>().await;
+    });
+    let mut speaker = Speaker::new(SpeakerMetrics::default(), Arc::default());
+    speaker.set_peers(vec![
+        setup("healthy", healthy_port),
+        setup("deaf", deaf_port),
+    ]);
+    let _deaf = tokio::time::timeout(Duration::from_secs(10), deaf_rx)
+        .await
+        .expect("the deaf router's handshake")
+        .unwrap();
+    // Flip between two tables of 5,000 routes: every flip is ~56 kB of UPDATEs, until the
+    // buffers between the speaker and the deaf router are full.
+    let a = host_routes(5_000);
+    let b = host_routes(10_000)[5_000..].to_vec();
+    let start = Instant::now();
+    let mut flips = 0;
+    let failed = loop {
+        let table = if flips % 2 == 0 { &a } else { &b };
+        let peer_routes = ["healthy", "deaf"]
+            .into_iter()
+            .map(|peer| (peer.to_string(), routes(table.clone())))
+            .collect();
+        speaker.set_routes(&peer_routes);
+        flips += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reports = speaker.reports();
+        let deaf = report(&reports, "deaf");
+        if let Some(error) = deaf
+            .last_error
+            .clone()
+            .filter(|e| e.contains("stopped reading"))
+        {
+            break error;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the speaker did not give the deaf session up after {flips} flips: {deaf:?}"
+        );
+    };
+    eprintln!(
+        "gave the deaf session up after {:?} and {flips} flips: {failed}",
+        start.elapsed()
+    );
+    let reports = speaker.reports();
+    assert_ne!(report(&reports, "deaf").state, State::Established);
+    assert_eq!(report(&reports, "healthy").state, State::Established);
+    speaker.shutdown(Duration::from_secs(5)).await;
+}

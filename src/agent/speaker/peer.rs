@@ -30,6 +30,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// On a graceful stop, how long to wait for the peer's TCP to acknowledge the withdrawals
 /// before the NOTIFICATION goes out anyway.
 const WITHDRAW_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a write may wait for the peer to read (longer than any usual hold time: a peer
+/// that reads nothing for this long has lost the session anyway).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest read at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -374,11 +377,7 @@ impl PeerTask {
                 }
             }
         }
-        connection
-            .writer
-            .write_all(&bytes)
-            .await
-            .map_err(|err| format!("writing to the peer: {err}"))?;
+        write_within(&mut connection.writer, &bytes).await?;
         self.updates_sent += updates.len() as u64;
         self.metrics
             .updates_sent(&self.setup.peer.name, updates.len() as u64);
@@ -392,11 +391,7 @@ impl PeerTask {
         };
         let bytes = wire::encode(message, &connection.ctx)
             .map_err(|err| format!("encoding a message: {err}"))?;
-        connection
-            .writer
-            .write_all(&bytes)
-            .await
-            .map_err(|err| format!("writing to the peer: {err}"))
+        write_within(&mut connection.writer, &bytes).await
     }
 
     /// SIGTERM: withdraw everything, wait until the peer's TCP acknowledged it (or a short
@@ -466,6 +461,20 @@ impl PeerTask {
                 true
             }
         });
+    }
+}
+
+/// Writes `bytes`, or fails when the peer has not taken them within [`WRITE_TIMEOUT`]: a peer
+/// that stops reading must not stall the session's task (its timers, its graceful stop).
+async fn write_within(writer: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(format!("writing to the peer: {err}")),
+        Err(_) => Err(format!(
+            "the peer took none of {} bytes for {} s (it stopped reading)",
+            bytes.len(),
+            WRITE_TIMEOUT.as_secs()
+        )),
     }
 }
 
