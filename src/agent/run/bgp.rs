@@ -111,12 +111,17 @@ impl Shared {
             .collect()
     }
 
-    /// The routes this node announces, per peer.
-    pub(super) fn bgp_routes(&self, peers: &[Peer], announcements: &[Announcement]) -> PeerRoutes {
+    /// The routes this node announces among `addresses`, per peer.
+    pub(super) fn bgp_routes(
+        &self,
+        peers: &[Peer],
+        announcements: &[Announcement],
+        addresses: &[ownership::AddressView],
+    ) -> PeerRoutes {
         let Some(node) = self.own_node() else {
             return PeerRoutes::new();
         };
-        announce::node_routes(&node, peers, announcements, &self.address_views())
+        announce::node_routes(&node, peers, announcements, addresses)
     }
 }
 

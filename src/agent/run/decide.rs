@@ -73,12 +73,18 @@ pub(super) async fn decide(
         if verdict.announce != Announce::Keep {
             // BGP: every eligible node announces; nothing is elected. Sessions stay up even
             // when this node may announce nothing (its Lease lapsed): only routes go.
+            // The address views are built once per pass, for BGP and L2 alike.
+            let addresses = if verdict.announce == Announce::Nothing {
+                Vec::new()
+            } else {
+                shared.address_views()
+            };
             let (peers, announcements) = shared.bgp_config();
             let setups = shared.bgp_setups(&peers, &announcements);
-            let routes = if verdict.announce == Announce::Nothing {
+            let routes = if setups.is_empty() {
                 Default::default()
             } else {
-                shared.bgp_routes(&peers, &announcements)
+                shared.bgp_routes(&peers, &announcements, &addresses)
             };
             {
                 let mut speaker = speaker.lock().await;
@@ -89,7 +95,7 @@ pub(super) async fn decide(
                 BTreeMap::new()
             } else {
                 shared
-                    .owners()
+                    .owners(&addresses)
                     .into_iter()
                     .filter(|(_, owner)| owner.node == me)
                     .map(|(ip, owner)| {

@@ -189,11 +189,14 @@ impl Shared {
                 .is_none_or(|at| at.elapsed() < self.slow_renewal())
     }
 
-    /// Who owns what, from the current view.
-    fn owners(&self) -> BTreeMap<IpAddr, ownership::Owner> {
+    /// Who owns what among `addresses`, from the current view.
+    fn owners(&self, addresses: &[ownership::AddressView]) -> BTreeMap<IpAddr, ownership::Owner> {
         let rules = self.rules();
+        if rules.is_empty() {
+            return BTreeMap::new();
+        }
         let nodes = self.node_views();
-        ownership::assign(&self.address_views(), &rules, &nodes)
+        ownership::assign(addresses, &rules, &nodes)
     }
 
     /// Every node as ownership sees it.
