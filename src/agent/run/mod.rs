@@ -450,6 +450,7 @@ pub(crate) async fn run_services(
         sessions_changed.clone(),
     )));
     let password_task = tokio::spawn(fetch_passwords(client.clone(), shared.clone()));
+    let trim_task = tokio::spawn(trim_heap());
     let notes_task = tokio::spawn(note_sessions(
         shared.clone(),
         speaker.clone(),
@@ -479,6 +480,7 @@ pub(crate) async fn run_services(
     speaker.lock().await.shutdown(BGP_STOP_TIMEOUT).await;
     notes_task.abort();
     password_task.abort();
+    trim_task.abort();
     let _ = std::fs::remove_file(speaker::restart_marker(&args.state_dir));
     let _ = lease_task.await;
     report_task.abort();
@@ -490,6 +492,26 @@ pub(crate) async fn run_services(
     };
     own_shares.hand_over(args.handover_timeout, handover).await;
     Ok(())
+}
+
+/// How often freed heap memory is handed back to the kernel.
+const HEAP_TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Hands freed heap memory back to the kernel every [`HEAP_TRIM_INTERVAL`]. Each decision pass
+/// builds and drops a view of every address, on whichever runtime thread it runs; glibc keeps
+/// what is freed in per-thread arenas, so a DaemonSet pod's RSS would hold the peak of every
+/// thread (measured: 49–52 MiB against 36 MiB for the data kept, with 5,000 addresses).
+async fn trim_heap() {
+    let mut tick = tokio::time::interval(HEAP_TRIM_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // SAFETY: malloc_trim only walks glibc's own arenas; 0 = keep no extra padding.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    }
 }
 
 /// Wakes the decision loop (for [`spawn_watched`]).
