@@ -564,3 +564,70 @@ fn dual_stack_md5_and_refusals(kind: &str) {
     assert!(!router_daemon.established(&lab, "node3", false));
     assert!(!router_daemon.established(&lab, "node3", true));
 }
+
+/// An internal session (the router in the nodes' AS): LOCAL_PREF reaches the router (it is
+/// only for iBGP peers, RFC 4271 5.1.5), with the communities, from every node.
+fn ibgp_carries_local_pref(kind: &str) {
+    let lab = AgentLab::with_router(&format!("bgp-ibgp-{kind}"), AgentFlags::default());
+    let router = lab.net.host("router").clone();
+    let mut peers: Vec<PeerConfig> = NODES
+        .iter()
+        .map(|node| {
+            PeerConfig::new(
+                router.ipv4,
+                NODE_ASN,
+                IpAddr::V4(lab.net.host(node).ipv4),
+                NODE_ASN,
+            )
+        })
+        .collect();
+    let mut router_daemon = Router::start(kind, &lab, &mut peers);
+    lab.fake.seed(json!({
+        "apiVersion": "vipam.io/v1alpha1", "kind": "BGPPeer",
+        "metadata": {"name": "router"},
+        "spec": {"peerAddress": router.ipv4.to_string(), "peerASN": NODE_ASN, "myASN": NODE_ASN},
+    }));
+    lab.fake.seed(json!({
+        "apiVersion": "vipam.io/v1alpha1", "kind": "BGPAnnouncement",
+        "metadata": {"name": "routed"},
+        "spec": {"communities": ["65000:100"], "localPref": 200},
+    }));
+    lab.seed_service("web", ip("203.0.113.40"), false);
+    lab.start_all();
+    let want = node_ips(&lab, &NODES);
+    let start = Instant::now();
+    loop {
+        let routes = router_daemon.routes();
+        let learned: Vec<&LearnedRoute> = routes
+            .iter()
+            .filter(|r| r.prefix == "203.0.113.40/32")
+            .collect();
+        if paths(&routes, "203.0.113.40/32") == want {
+            for route in &learned {
+                assert_eq!(route.local_pref, Some(200), "{kind}: {route:?}");
+                assert!(
+                    route.communities.contains(&(65000, 100)),
+                    "{kind}: {route:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "{kind}: {learned:?}, wanted paths {want:?}\n{}\n{kind}:\n{}",
+            lab.logs(),
+            router_daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn ibgp_carries_local_pref_to_bird() {
+    ibgp_carries_local_pref("bird");
+}
+
+#[test]
+fn ibgp_carries_local_pref_to_gobgp() {
+    ibgp_carries_local_pref("gobgp");
+}
