@@ -586,12 +586,7 @@ fn writes_and_memory(ips: usize) {
 }
 
 fn rss_mib(lab: &AgentLab, node: &str) -> String {
-    let pid = lab.agent_pid(node);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| format!("{:.1} MiB", kb / 1024.0))
+    lab.rss_mib(node)
+        .map(|mib| format!("{:.1} MiB", mib))
         .unwrap_or_else(|| "?".into())
 }

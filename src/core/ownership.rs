@@ -138,6 +138,22 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// The first reason of the node's own state not to announce anything, for L2 and BGP
+    /// alike: no live agent Lease, excluded, cordoned, network unavailable.
+    pub fn blocked(&self) -> Option<Blocked> {
+        if !self.live {
+            Some(Blocked::NoLiveAgent)
+        } else if self.excluded {
+            Some(Blocked::Excluded)
+        } else if self.cordoned {
+            Some(Blocked::Cordoned)
+        } else if self.network_unavailable {
+            Some(Blocked::NetworkUnavailable)
+        } else {
+            None
+        }
+    }
+
     /// Why the node cannot announce anything, if it cannot.
     pub fn unavailable(&self) -> Option<&'static str> {
         if !self.live {
@@ -284,17 +300,8 @@ fn candidacy(
     node: &NodeView,
     rules: &[&AnnouncementRule],
 ) -> Result<(String, AnnounceMode, String), Blocked> {
-    if !node.live {
-        return Err(Blocked::NoLiveAgent);
-    }
-    if node.excluded {
-        return Err(Blocked::Excluded);
-    }
-    if node.cordoned {
-        return Err(Blocked::Cordoned);
-    }
-    if node.network_unavailable {
-        return Err(Blocked::NetworkUnavailable);
+    if let Some(why) = node.blocked() {
+        return Err(why);
     }
     // The node's own state before the Services' endpoints: a link that is down is the first
     // thing to fix, whatever runs there.

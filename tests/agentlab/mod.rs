@@ -305,6 +305,17 @@ impl AgentLab {
             .id()
     }
 
+    /// The resident memory of `node`'s agent in MiB (VmRSS), for the benchmarks.
+    pub fn rss_mib(&self, node: &str) -> Option<f64> {
+        let pid = self.agent_pid(node);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    }
+
     /// Waits for `node`'s agent to exit; returns whether it exited with success.
     pub fn wait_agent_exit(&self, node: &str, timeout: Duration) -> Option<bool> {
         let deadline = Instant::now() + timeout;

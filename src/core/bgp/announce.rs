@@ -49,17 +49,8 @@ fn candidacy<'a>(
     covering: &[&'a Announcement],
     peers: &'a [Peer],
 ) -> Result<Vec<(&'a Announcement, &'a Peer)>, Blocked> {
-    if !node.live {
-        return Err(Blocked::NoLiveAgent);
-    }
-    if node.excluded {
-        return Err(Blocked::Excluded);
-    }
-    if node.cordoned {
-        return Err(Blocked::Cordoned);
-    }
-    if node.network_unavailable {
-        return Err(Blocked::NetworkUnavailable);
+    if let Some(why) = node.blocked() {
+        return Err(why);
     }
     let mut via = Vec::new();
     for announcement in covering.iter().filter(|a| selects_node(a, node)) {
